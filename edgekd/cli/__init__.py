@@ -1,0 +1,1 @@
+"""Typer/Rich command line. The only package that imports typer or rich."""

@@ -1,0 +1,30 @@
+"""Options shared by several commands, so each is spelled one way."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import typer
+
+from edgekd.spec import parse_floats, parse_input_size
+
+TEACHER_ARCH = typer.Option(None, "--teacher-arch", help="Architecture of a state_dict teacher (default: inferred from its keys).")
+TRUST_PICKLE = typer.Option(False, "--trust-pickle", help="Allow loading a fully pickled nn.Module (runs code from the file: only for files you trust).")
+INPUT_SIZE = typer.Option(None, "--input-size", help="Input size, e.g. 224 or 224x160 (default: from the checkpoint, else the architecture's: 224 torchvision, 32 built-ins).")
+MEAN = typer.Option(None, "--mean", help="Per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406 (default: ImageNet's for RGB, 0.5 otherwise).")
+STD = typer.Option(None, "--std", help="Per-channel std of the input normalisation (default: ImageNet's for RGB, 0.5 otherwise).")
+NUM_CLASSES = typer.Option(None, "--num-classes", help="Expected class count; an error if the weights disagree.")
+
+
+def spec_overrides(input_size: Optional[str], mean: Optional[str], std: Optional[str],
+                   num_classes: Optional[int] = None) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    if input_size:
+        out["input_size"] = parse_input_size(input_size)
+    if mean:
+        out["mean"] = parse_floats(mean)
+    if std:
+        out["std"] = parse_floats(std)
+    if num_classes is not None:
+        out["num_classes"] = num_classes
+    return out

@@ -1,0 +1,1 @@
+"""Export, quantization, TensorRT (optional) and deployment bundles."""

@@ -1,0 +1,108 @@
+"""Device profiles: one TOML file per device under edgekd/targets/ (data, validated on load)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from edgekd.errors import UsageError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - older Pythons on the device side
+    import tomli as tomllib  # type: ignore[no-redef]
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+RUNTIMES = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    runtime: str
+    opset: int
+    precisions: Tuple[str, ...]
+    default_precision: str
+    batch_sizes: Tuple[int, ...] = (1,)
+    dynamic_batch: bool = True
+    threads: int = 0  # 0: the runtime decides
+    memory_mib: int = 0  # device memory budget; TensorRT workspace pool
+    workspace_mib: int = 256
+    tensorrt_versions: Tuple[str, ...] = ()
+    python: str = ""
+    dla: bool = False
+    int8_symmetric: bool = False  # TensorRT reads symmetric Q/DQ only
+    reduce_range: bool = False  # x86 CPUs without VNNI saturate U8S8
+    bench: Dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise UsageError(f"target {self.name} does not support {precision}: "
+                             f"choose --precision {' or '.join(self.precisions)}, or another target")
+
+
+def _validate(d: Dict[str, Any], source: str) -> Target:
+    required = ("name", "description", "runtime", "opset", "precisions", "default_precision")
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise UsageError(f"target file {source} lacks {', '.join(missing)}")
+    known = set(Target.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UsageError(f"target file {source} has unknown key {unknown[0]!r}")
+    if d["runtime"] not in RUNTIMES:
+        raise UsageError(f"target {d['name']}: runtime must be one of {', '.join(RUNTIMES)}")
+    bad = [p for p in d["precisions"] if p not in PRECISIONS]
+    if bad or not d["precisions"]:
+        raise UsageError(f"target {d['name']}: precisions must be among {', '.join(PRECISIONS)}")
+    if d["default_precision"] not in d["precisions"]:
+        raise UsageError(f"target {d['name']}: default_precision is not one of its precisions")
+    if not 7 <= int(d["opset"]) <= 21:
+        raise UsageError(f"target {d['name']}: opset {d['opset']} outside 7..21")
+    if d["runtime"] == "tensorrt" and not d.get("tensorrt_versions"):
+        raise UsageError(f"target {d['name']}: a TensorRT target must list tensorrt_versions")
+    kw = dict(d)
+    for key in ("precisions", "batch_sizes", "tensorrt_versions"):
+        if key in kw:
+            kw[key] = tuple(kw[key])
+    return Target(**kw)
+
+
+def load_target_file(path: Path) -> Target:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read target file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"target file {path} is not valid TOML: {e}") from None
+    return _validate(data, str(path))
+
+
+def list_targets() -> List[Target]:
+    return [load_target_file(p) for p in sorted(TARGETS_DIR.glob("*.toml"))]
+
+
+def get_target(name_or_path: str) -> Target:
+    """A built-in target by name, or a user's TOML file."""
+    if name_or_path.endswith(".toml"):
+        return load_target_file(Path(name_or_path))
+    path = TARGETS_DIR / f"{name_or_path}.toml"
+    if path.exists():
+        return load_target_file(path)
+    names = [p.stem for p in sorted(TARGETS_DIR.glob("*.toml"))]
+    near = difflib.get_close_matches(name_or_path, names, n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(near)}? " if near else ""
+    raise UsageError(f"unknown target {name_or_path!r}: {hint}'edgekd targets' lists them ({', '.join(names)})")
+
+
+def find_target(name: Optional[str]) -> Optional[Target]:
+    return get_target(name) if name else None

@@ -1,0 +1,1 @@
+"""Data-free GAN distillation: generator, losses, hooks, discriminator, presets and one loop."""

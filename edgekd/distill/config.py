@@ -1,0 +1,170 @@
+"""DistillConfig: every knob of a distillation run, resolved from preset < config file < --set."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+from edgekd.distill.losses import DIVERGENCES
+from edgekd.distill.presets import DEFAULT_METHOD, PRESETS
+from edgekd.errors import UsageError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+@dataclass
+class DistillConfig:
+    method: str = DEFAULT_METHOD
+    student: str = "lenet5-half"
+    iterations: Optional[int] = None  # stop after this many G steps ...
+    time_budget: Optional[float] = None  # ... or after this many seconds (whichever comes first)
+    batch_size: int = 256
+    latent_dim: int = 100
+    gen_width: int = 128  # generator base channels (DAFL: 128)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: str = "auto"  # auto | on | off
+    # loss weights (DESIGN.md section 2)
+    w_adv: float = 0.0
+    w_bn: float = 0.0
+    w_oh: float = 0.0
+    w_bal: float = 0.0
+    w_act: float = 0.0
+    w_at: float = 0.0
+    w_gan: float = 0.0
+    adv_loss: str = "kl"
+    kd_loss: str = "kl"
+    tau: float = 1.0
+    # schedule
+    g_steps: int = 1
+    s_steps: int = 1
+    shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
+    lr_g: float = 1e-3
+    lr_s: float = 2e-3
+    lr_d: float = 1e-4
+    s_optimizer: str = "adam"
+    lr_schedule: str = "cosine"  # cosine decay over the run (by step, or by time under --time-budget)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    replay_size: int = 0  # images kept from recent batches; 0 disables replay
+    replay_fraction: float = 0.0  # share of each student batch drawn from replay memory
+    # robustness and logging
+    eval_every_s: float = 20.0
+    eval_images: int = 10000
+    checkpoint_every_s: float = 60.0
+    checkpoint_every: int = 0  # also every N steps when > 0 (tests)
+    snapshot_every: int = 25  # in-memory last-good state for NaN recovery
+    max_recoveries: int = 10
+    collapse_fraction: float = 0.9  # one class taking this share of a batch ...
+    collapse_patience: int = 50  # ... for this many steps is a collapse
+    calib_images: int = 512
+
+    def validate(self) -> DistillConfig:
+        if self.method not in PRESETS:
+            raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(PRESETS)}")
+        if self.iterations is None and self.time_budget is None:
+            raise UsageError("give --iterations N or --time-budget (e.g. 10m) to bound the run")
+        if self.iterations is not None and self.iterations < 1:
+            raise UsageError("--iterations must be >= 1")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UsageError("--time-budget must be positive")
+        if self.batch_size < 2:
+            raise UsageError("--batch-size must be >= 2 (BatchNorm needs more than one image)")
+        for key in ("adv_loss", "kd_loss"):
+            if getattr(self, key) not in DIVERGENCES:
+                raise UsageError(f"{key} must be one of {', '.join(DIVERGENCES)}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UsageError("--precision must be auto, fp32, bf16 or fp16")
+        if self.s_optimizer not in ("adam", "sgd"):
+            raise UsageError("s_optimizer must be adam or sgd")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UsageError("lr_schedule must be cosine or constant")
+        if not 0 <= self.replay_fraction < 1:
+            raise UsageError("replay_fraction must be in [0, 1)")
+        if self.g_steps < 1 or self.s_steps < 1:
+            raise UsageError("g_steps and s_steps must be >= 1")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key not in _FIELDS:
+        near = difflib.get_close_matches(key, list(_FIELDS), n=2)
+        raise UsageError(f"unknown setting {key!r}" + (f": did you mean {' or '.join(near)}?" if near else ""))
+    default = _FIELDS[key].default
+    kind = type(default) if default is not None else None
+    if key in ("iterations",):
+        kind = int
+    if key in ("time_budget",):
+        kind = float
+    if not isinstance(value, str) or kind is str or kind is None:
+        return value
+    try:
+        if kind is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        return kind(value)
+    except ValueError:
+        raise UsageError(f"setting {key}={value!r}: expected a {kind.__name__}") from None
+
+
+def parse_sets(items: Iterable[str]) -> Dict[str, Any]:
+    """['w_bn=2', 'tau=4'] -> {'w_bn': 2.0, 'tau': 4.0}."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: use key=value, e.g. --set w_bn=0.5")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _coerce(key.strip(), value.strip())
+    return out
+
+
+def load_config_file(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config {path} is not valid TOML: {e}") from None
+    return {k: _coerce(k, v) for k, v in data.items()}
+
+
+def parse_duration(text: Optional[str]) -> Optional[float]:
+    """'90', '90s', '10m', '1.5h' -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], None)
+    try:
+        return float(t[:-1]) * scale if scale else float(t)
+    except ValueError:
+        raise UsageError(f"duration {text!r}: use seconds or a suffix, e.g. 90s, 10m, 1h") from None
+
+
+def resolve_config(method: str = DEFAULT_METHOD, file_values: Optional[Dict[str, Any]] = None,
+                   overrides: Optional[Dict[str, Any]] = None) -> DistillConfig:
+    """preset(method) < config file < explicit overrides (CLI options and --set)."""
+    file_values = dict(file_values or {})
+    overrides = dict(overrides or {})
+    method = overrides.get("method") or file_values.get("method") or method
+    if method not in PRESETS:
+        raise UsageError(f"unknown method {method!r}: choose one of {', '.join(PRESETS)}")
+    values: Dict[str, Any] = {**PRESETS[method], **file_values, **overrides, "method": method}
+    return DistillConfig(**values).validate()

@@ -1,0 +1,555 @@
+"""The one distillation loop. Every method is this loop with other weights (presets.py).
+
+Per iteration:
+  Stage G (g_steps): x = G(z); G minimises  w_oh*oh + w_act*act + w_bal*bal + w_bn*bn + w_adv*adv.
+  Stage S (s_steps): on fresh G samples (or G's own batch when shared_batch) mixed with replay
+    memory, S minimises kd(S, T) + w_at*AT + w_gan*fool(D); D then learns T-probs from S-probs.
+Around it: an in-memory last-good snapshot for NaN recovery, collapse detection, periodic atomic
+checkpoints, exact resume, and Ctrl-C that stops at an iteration boundary and saves.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgekd import __version__
+from edgekd.data.datasets import LabelledImages, check_dataset_fits, prepare_images
+from edgekd.distill import losses as L
+from edgekd.distill.config import DistillConfig
+from edgekd.distill.discriminator import Discriminator
+from edgekd.distill.generator import Generator
+from edgekd.distill.hooks import BNStatsHook, FeatureMapHook, PenultimateHook, has_batchnorm
+from edgekd.distill.precision import ExecutionPlan, plan_execution
+from edgekd.distill.replay import ReplayMemory
+from edgekd.errors import TrainingError, UsageError
+from edgekd.fileio import atomic_path, write_json
+from edgekd.models.checkpoint import LoadedModel, save_checkpoint
+from edgekd.models.registry import create_model, get_entry
+from edgekd.progress import Progress
+from edgekd.spec import ModelSpec
+
+CHECKPOINT = "checkpoint.pt"
+_OPTIMIZERS = {
+    "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay),
+    "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
+                                                   weight_decay=cfg.weight_decay or 5e-4),
+}
+
+
+@dataclass
+class DistillResult:
+    run_dir: Path
+    student_path: Path
+    steps: int
+    seconds: float
+    interrupted: bool
+    metrics: Dict[str, Any]
+    teacher_accuracy: Optional[float]
+    events: List[str] = field(default_factory=list)
+    plan: str = ""
+
+
+@dataclass
+class _Models:
+    teacher: nn.Module
+    student: nn.Module
+    generator: Generator
+    disc: Optional[Discriminator]
+    opt_g: torch.optim.Optimizer
+    opt_s: torch.optim.Optimizer
+    opt_d: Optional[torch.optim.Optimizer]
+
+    def trainable(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"generator": self.generator, "student": self.student,
+                               "opt_g": self.opt_g, "opt_s": self.opt_s}
+        if self.disc is not None:
+            out.update(disc=self.disc, opt_d=self.opt_d)
+        return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {k: v.state_dict() for k, v in self.trainable().items()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for k, v in self.trainable().items():
+            v.load_state_dict(state[k])
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop at the next iteration boundary; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no signal handling, Ctrl-C behaves as usual
+            self._previous = None
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *_: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _lr_factor(cfg: DistillConfig, step: int, elapsed: float) -> float:
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    frac = 0.0
+    if cfg.iterations:
+        frac = max(frac, step / cfg.iterations)
+    if cfg.time_budget:
+        frac = max(frac, elapsed / cfg.time_budget)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _set_lr(opt: Optional[torch.optim.Optimizer], lr: float) -> None:
+    if opt is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def _finite_params(module: nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def _reset_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if hasattr(m, "reset_parameters") and m is not module:
+            m.reset_parameters()
+
+
+class Distiller:
+    """Holds one run's state; `run()` executes it. Use `distill()` unless you need the pieces."""
+
+    def __init__(self, teacher: LoadedModel, cfg: DistillConfig, run_dir: Path,
+                 eval_data: Optional[LabelledImages] = None, progress: Optional[Progress] = None) -> None:
+        self.cfg = cfg.validate()
+        self.teacher_info = teacher
+        self.spec = teacher.spec
+        self.run_dir = Path(run_dir)
+        self.progress = progress or Progress()
+        self.plan: ExecutionPlan = plan_execution(cfg.device, cfg.precision, cfg.channels_last)
+        self.events: List[str] = []
+        self.notes: List[str] = []
+        torch.manual_seed(cfg.seed)
+        dev = self.plan.device
+        k = self.spec.num_classes
+
+        get_entry(cfg.student)  # unknown student -> one clear error before any work
+        t = teacher.model.to(dev).eval()
+        for p in t.parameters():
+            p.requires_grad_(False)
+        s = create_model(cfg.student, k, self.spec.in_channels).to(dev)
+        g = Generator(cfg.latent_dim, self.spec.input_shape, cfg.gen_width).to(dev)
+        if self.plan.channels_last:
+            t, s, g = (m.to(memory_format=torch.channels_last) for m in (t, s, g))
+        d = Discriminator(k).to(dev) if cfg.w_gan > 0 else None
+        self.m = _Models(
+            teacher=t, student=s, generator=g, disc=d,
+            opt_g=torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999)),
+            opt_s=_OPTIMIZERS[cfg.s_optimizer](s.parameters(), cfg, cfg.lr_s),
+            opt_d=torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999)) if d is not None else None,
+        )
+        self._hooks(t, s)
+        self.memory = ReplayMemory(cfg.replay_size if cfg.replay_fraction > 0 else 0, self.spec.input_shape, k, dev)
+        self.scalers = {name: torch.amp.GradScaler(dev.type, enabled=self.plan.needs_grad_scaler)
+                        for name in ("g", "s", "d")}
+        self.step = 0
+        self.elapsed = 0.0
+        self.lr_scale = 1.0
+        self.collapse_run = 0
+        self.recoveries_in_a_row = 0
+        self.snapshot: Optional[Dict[str, Any]] = None
+        self.history: List[Dict[str, Any]] = []
+        self.eval_x: Optional[torch.Tensor] = None
+        self.eval_y: Optional[torch.Tensor] = None
+        self.teacher_accuracy: Optional[float] = None
+        if eval_data is not None:
+            check_dataset_fits(eval_data, self.spec)
+            sub = eval_data.take(cfg.eval_images)
+            self.eval_x = torch.from_numpy(prepare_images(sub.images, self.spec)).to(dev)
+            self.eval_y = torch.from_numpy(sub.labels).to(dev)
+            self.eval_source = sub.source
+        # Held-out synthetic images for agreement: fixed latents, never trained on.
+        gen = torch.Generator().manual_seed(cfg.seed + 10_007)
+        self.eval_z = torch.randn(1024, cfg.latent_dim, generator=gen).to(dev)
+
+    # ---------------------------------------------------------------- set-up helpers
+    def _hooks(self, t: nn.Module, s: nn.Module) -> None:
+        cfg = self.cfg
+        scripted = isinstance(t, torch.jit.ScriptModule)
+        if scripted and (cfg.w_bn or cfg.w_act or cfg.w_at):
+            self.notes.append("TorchScript teacher: forward hooks unavailable, so bn/act/at weights are 0")
+            cfg.w_bn = cfg.w_act = cfg.w_at = 0.0
+        if cfg.w_bn and not has_batchnorm(t):
+            self.notes.append("teacher has no BatchNorm: bn weight set to 0")
+            cfg.w_bn = 0.0
+        self.bn_hook = BNStatsHook(t) if cfg.w_bn else None
+        self.feat_hook = PenultimateHook(t) if cfg.w_act else None
+        if self.feat_hook is not None and not self.feat_hook.available:
+            self.notes.append("teacher has no nn.Linear head: act weight set to 0")
+            cfg.w_act = 0.0
+        self.at_t = FeatureMapHook(t) if cfg.w_at else None
+        self.at_s = FeatureMapHook(s) if cfg.w_at else None
+
+    def _z(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.latent_dim, device=self.plan.device)
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.plan.channels_last else x
+
+    # ---------------------------------------------------------------- one iteration
+    def _generator_step(self) -> Dict[str, torch.Tensor]:
+        cfg, m, plan = self.cfg, self.m, self.plan
+        m.student.requires_grad_(False)  # G's loss must not spend time on student gradients
+        if self.bn_hook:
+            self.bn_hook.enabled = True
+        with plan.autocast():
+            x = m.generator(self._z(cfg.batch_size))
+            t_logits = m.teacher(self._fmt(x))
+            s_logits = m.student(self._fmt(x)) if cfg.w_adv else None
+        if self.bn_hook:
+            self.bn_hook.enabled = False
+        terms: Dict[str, torch.Tensor] = {}
+        if cfg.w_oh:
+            terms["oh"] = L.one_hot_loss(t_logits)
+        if cfg.w_act:
+            terms["act"] = L.activation_loss(self.feat_hook.features)
+        if cfg.w_bal:
+            terms["bal"] = L.balance_loss(t_logits)
+        if cfg.w_bn:
+            terms["bn"] = L.bn_statistics_loss(self.bn_hook.pop())
+        if cfg.w_adv:
+            terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
+        weights = {"oh": cfg.w_oh, "act": cfg.w_act, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        m.opt_g.zero_grad(set_to_none=True)
+        if torch.is_tensor(loss) and loss.requires_grad:
+            self.scalers["g"].scale(loss).backward()
+            self.scalers["g"].step(m.opt_g)
+            self.scalers["g"].update()
+        m.student.requires_grad_(True)
+        self._last_batch = (x.detach(), t_logits.detach())
+        terms["loss_g"] = loss.detach() if torch.is_tensor(loss) else torch.zeros(())
+        terms["top_class_share"] = torch.bincount(t_logits.argmax(1), minlength=self.spec.num_classes).max() / len(x)
+        return {k: v.detach() for k, v in terms.items()}
+
+    def _student_batch(self, first: bool) -> tuple:
+        """shared_batch: the first S step learns from G's own batch, later ones from replay memory
+        (no extra generator passes: G costs 20x the student at 32x32). Otherwise every S step
+        draws fresh samples, as DFAD/ZSKT do."""
+        cfg, m, plan = self.cfg, self.m, self.plan
+        if cfg.shared_batch and not first:
+            if len(self.memory) >= cfg.batch_size:
+                return self.memory.sample(cfg.batch_size)
+            return self._last_batch
+        if cfg.shared_batch:
+            x, t = self._last_batch
+        else:
+            with torch.no_grad(), plan.autocast():
+                x = m.generator(self._z(cfg.batch_size))
+                t = m.teacher(self._fmt(x))
+        self.memory.push(x, t)
+        n_old = int(cfg.batch_size * cfg.replay_fraction) if len(self.memory) >= 2 * cfg.batch_size else 0
+        if n_old:
+            x_old, t_old = self.memory.sample(n_old)
+            x = torch.cat([x[: len(x) - n_old], x_old.to(x.dtype)])
+            t = torch.cat([t[: len(t) - n_old].float(), t_old])
+        return x, t
+
+    def _student_step(self, first: bool) -> Dict[str, torch.Tensor]:
+        cfg, m, plan = self.cfg, self.m, self.plan
+        x, t_logits = self._student_batch(first)
+        if self.at_t is not None:
+            self.at_t.enabled = self.at_s.enabled = True
+            with torch.no_grad(), plan.autocast():
+                m.teacher(self._fmt(x))  # AT needs the teacher's feature maps of this very batch
+        with plan.autocast():
+            s_logits = m.student(self._fmt(x))
+        terms = {"kd": L.DIVERGENCES[cfg.kd_loss](s_logits, t_logits, cfg.tau)}
+        if self.at_t is not None:
+            self.at_t.enabled = self.at_s.enabled = False
+            terms["at"] = L.attention_transfer_loss(self.at_s.pop(), self.at_t.pop())
+        if m.disc is not None:
+            p_s = F.softmax(s_logits.float() / cfg.tau, dim=1)
+            terms["gan"] = L.fool_discriminator_loss(m.disc(p_s))
+        loss = terms["kd"] + cfg.w_at * terms.get("at", 0.0) + cfg.w_gan * terms.get("gan", 0.0)
+        m.opt_s.zero_grad(set_to_none=True)
+        self.scalers["s"].scale(loss).backward()
+        self.scalers["s"].step(m.opt_s)
+        self.scalers["s"].update()
+        if m.disc is not None:
+            p_t = F.softmax(t_logits.float() / cfg.tau, dim=1)
+            d_loss = L.discriminator_loss(m.disc(p_t), m.disc(p_s.detach()))
+            m.opt_d.zero_grad(set_to_none=True)
+            self.scalers["d"].scale(d_loss).backward()
+            self.scalers["d"].step(m.opt_d)
+            self.scalers["d"].update()
+            terms["loss_d"] = d_loss
+        terms["loss_s"] = loss
+        return {k: v.detach() for k, v in terms.items()}
+
+    def _iteration(self) -> Dict[str, float]:
+        cfg = self.cfg
+        factor = _lr_factor(cfg, self.step, self.elapsed) * self.lr_scale
+        _set_lr(self.m.opt_g, cfg.lr_g * factor)
+        _set_lr(self.m.opt_s, cfg.lr_s * factor)
+        _set_lr(self.m.opt_d, cfg.lr_d * factor)
+        self.m.generator.train()
+        self.m.student.train()
+        terms: Dict[str, torch.Tensor] = {}
+        for _ in range(cfg.g_steps):
+            terms.update(self._generator_step())
+        for i in range(cfg.s_steps):
+            terms.update(self._student_step(first=i == 0))
+        names = list(terms)
+        values = torch.stack([terms[n].float().cpu() for n in names]).tolist()  # one sync per iteration
+        return dict(zip(names, values))
+
+    # ---------------------------------------------------------------- robustness
+    def _take_snapshot(self) -> None:
+        self.snapshot = copy.deepcopy(self.m.state_dict())
+
+    def _recover(self, why: str) -> None:
+        self.recoveries_in_a_row += 1
+        if self.snapshot is None or self.recoveries_in_a_row > self.cfg.max_recoveries:
+            raise TrainingError(f"distillation diverged ({why}) {self.recoveries_in_a_row} times in a row: "
+                                "lower the learning rates (--set lr_g=... lr_s=...) or use --precision fp32")
+        self.m.load_state_dict(copy.deepcopy(self.snapshot))
+        self.lr_scale *= 0.5
+        self._event(f"step {self.step}: {why}; restored the last good state, learning rates x{self.lr_scale:g}")
+
+    def _check_collapse(self, top_share: float) -> None:
+        self.collapse_run = self.collapse_run + 1 if top_share >= self.cfg.collapse_fraction else 0
+        if self.collapse_run >= self.cfg.collapse_patience:
+            self.collapse_run = 0
+            _reset_weights(self.m.generator)
+            self.m.opt_g.state.clear()
+            self._event(f"step {self.step}: generator collapsed to one class "
+                        f"({top_share:.0%} of a batch for {self.cfg.collapse_patience} steps); re-initialised it")
+
+    def _event(self, text: str) -> None:
+        self.events.append(text)
+        self.progress.message(text)
+        self._log({"step": self.step, "time": round(self.elapsed, 2), "event": text})
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def _predict(self, model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        model.eval()
+        out = []
+        for i in range(0, len(x), batch):
+            with self.plan.autocast():
+                out.append(model(self._fmt(x[i:i + batch])).argmax(1))
+        return torch.cat(out)
+
+    def evaluate(self) -> Dict[str, float]:
+        """Real test accuracy when eval data was given; agreement with the teacher on held-out
+        synthetic images always."""
+        result: Dict[str, float] = {}
+        if self.eval_x is not None:
+            pred = self._predict(self.m.student, self.eval_x)
+            result["accuracy"] = float((pred == self.eval_y).float().mean())
+            if self.teacher_accuracy is None:
+                t_pred = self._predict(self.m.teacher, self.eval_x)
+                self.teacher_accuracy = float((t_pred == self.eval_y).float().mean())
+            result["agreement_real"] = float((pred == self._teacher_pred_real()).float().mean())
+        gen = copy.deepcopy(self.m.generator).train()  # batch statistics, like training; G itself untouched
+        with torch.no_grad(), self.plan.autocast():
+            x = torch.cat([gen(self.eval_z[i:i + 256]) for i in range(0, len(self.eval_z), 256)]).float()
+        result["agreement_synthetic"] = float((self._predict(self.m.student, x) == self._predict(self.m.teacher, x)).float().mean())
+        self.m.student.train()
+        return result
+
+    def _teacher_pred_real(self) -> torch.Tensor:
+        if not hasattr(self, "_t_pred_real"):
+            self._t_pred_real = self._predict(self.m.teacher, self.eval_x)
+        return self._t_pred_real
+
+    # ---------------------------------------------------------------- persistence
+    def _log(self, record: Dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "edgekd_version": __version__, "step": self.step, "elapsed": self.elapsed,
+            "models": self.m.state_dict(), "memory": self.memory.state_dict(),
+            "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.plan.device.type == "cuda" else None,
+            "lr_scale": self.lr_scale, "collapse_run": self.collapse_run, "events": self.events,
+            "teacher_sha256": self.teacher_info.sha256, "config": self.cfg.to_dict(),
+        }
+        with atomic_path(self.run_dir / CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> None:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            raise UsageError(f"--resume: no {CHECKPOINT} in {self.run_dir}; start without --resume")
+        try:
+            state = torch.load(path, map_location=self.plan.device, weights_only=True)
+        except Exception as e:
+            raise UsageError(f"--resume: {path} is unreadable ({type(e).__name__}); start a new run") from None
+        if state["teacher_sha256"] != self.teacher_info.sha256:
+            raise UsageError(f"--resume: {self.run_dir} was distilled from another teacher file")
+        saved = state["config"]
+        for key in ("method", "student", "batch_size", "latent_dim", "gen_width"):
+            if saved[key] != getattr(self.cfg, key):
+                raise UsageError(f"--resume: {key} was {saved[key]!r} in this run, not {getattr(self.cfg, key)!r}")
+        self.m.load_state_dict(state["models"])
+        self.memory.load_state_dict(state["memory"])
+        for k, v in state["scalers"].items():
+            self.scalers[k].load_state_dict(v)
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] is not None:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.lr_scale, self.collapse_run = float(state["lr_scale"]), int(state["collapse_run"])
+        self.events = list(state["events"])
+        # Metrics logged after the checkpoint belong to the lost future: drop them.
+        log = self.run_dir / "metrics.jsonl"
+        if log.exists():
+            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+            log.write_text("".join(line + "\n" for line in kept))
+            self.history = [json.loads(line) for line in kept]
+        self.progress.message(f"resumed {self.run_dir} at step {self.step} ({self.elapsed:.0f}s done)")
+
+    def _student_spec(self) -> ModelSpec:
+        return self.spec.with_(arch=get_entry(self.cfg.student).name, extra={})
+
+    def provenance(self) -> Dict[str, Any]:
+        return {"teacher_sha256": self.teacher_info.sha256, "teacher_file": str(self.teacher_info.path),
+                "teacher_arch": self.spec.arch, "method": self.cfg.method, "steps": self.step,
+                "seconds": round(self.elapsed, 1), "config": self.cfg.to_dict(), "edgekd_version": __version__}
+
+    # ---------------------------------------------------------------- the run
+    def _done(self) -> bool:
+        cfg = self.cfg
+        return bool((cfg.iterations and self.step >= cfg.iterations)
+                    or (cfg.time_budget and self.elapsed >= cfg.time_budget))
+
+    def _fraction(self) -> float:
+        cfg = self.cfg
+        parts = [self.step / cfg.iterations if cfg.iterations else 0.0,
+                 self.elapsed / cfg.time_budget if cfg.time_budget else 0.0]
+        return min(1.0, max(parts))
+
+    def run(self, resume: bool = False) -> DistillResult:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_checkpoint()
+        else:
+            (self.run_dir / "metrics.jsonl").write_text("")
+        write_json(self.run_dir / "config.json", {**cfg.to_dict(), "resolved_precision": self.plan.precision,
+                                                  "device_plan": self.plan.reason, "notes": self.notes})
+        for note in self.notes:
+            self.progress.message(note)
+        self.progress.start(f"distill {self.spec.arch} -> {cfg.student} ({cfg.method})")
+        last_eval = last_ckpt = time.monotonic()
+        latest: Dict[str, Any] = {}
+        interrupted = False
+        with _StopFlag() as stop:
+            while not self._done():
+                t0 = time.perf_counter()
+                losses = self._iteration()
+                self.elapsed += time.perf_counter() - t0
+                self.step += 1
+                finite = all(math.isfinite(v) for v in losses.values()) and _finite_params(self.m.student)
+                if not finite:
+                    bad = sorted(k for k, v in losses.items() if not math.isfinite(v)) or ["student weights"]
+                    self._recover(f"non-finite {', '.join(bad)}")
+                else:
+                    self.recoveries_in_a_row = 0
+                    self._check_collapse(losses["top_class_share"])
+                    if self.snapshot is None or self.step % cfg.snapshot_every == 0:
+                        self._take_snapshot()
+                now = time.monotonic()
+                record = {"step": self.step, "time": round(self.elapsed, 2),
+                          **{k: round(v, 5) for k, v in losses.items()}}
+                if now - last_eval >= cfg.eval_every_s or self._done():
+                    latest = self.evaluate()
+                    record.update(latest)
+                    last_eval = time.monotonic()
+                    self._warn_if_chance(latest)
+                if self.step % 10 == 0 or "agreement_synthetic" in record:
+                    self._log(record)
+                self.progress.update(self._fraction(), self.step, {**{k: losses[k] for k in ("loss_g", "loss_s")}, **latest})
+                if (now - last_ckpt >= cfg.checkpoint_every_s
+                        or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)):
+                    self.save_checkpoint()
+                    last_ckpt = time.monotonic()
+                if stop.requested:
+                    interrupted = True
+                    break
+        self.progress.stop()
+        if not _finite_params(self.m.student) and self.snapshot is not None:
+            self.m.load_state_dict(copy.deepcopy(self.snapshot))
+        self.save_checkpoint()
+        if not latest or interrupted:
+            latest = self.evaluate()
+        student_path = self.run_dir / "student.pt"
+        save_checkpoint(student_path, self.m.student.float().to(memory_format=torch.contiguous_format).cpu(),
+                        self._student_spec(), self.provenance())
+        self.m.student.to(self.plan.device)
+        if not interrupted:
+            from edgekd.distill.artifacts import write_artifacts
+
+            write_artifacts(self)
+        summary = {"steps": self.step, "seconds": round(self.elapsed, 1), "interrupted": interrupted,
+                   "final": latest, "teacher_accuracy": self.teacher_accuracy, "events": self.events,
+                   "plan": self.plan.reason, "method": cfg.method, "student": cfg.student,
+                   "teacher": {"file": str(self.teacher_info.path), "sha256": self.teacher_info.sha256,
+                               "format": self.teacher_info.format, "spec": self.spec.to_dict()}}
+        write_json(self.run_dir / "summary.json", summary)
+        return DistillResult(self.run_dir, student_path, self.step, self.elapsed, interrupted, latest,
+                             self.teacher_accuracy, list(self.events), self.plan.reason)
+
+    def _warn_if_chance(self, metrics: Dict[str, float]) -> None:
+        k = self.spec.num_classes
+        value = metrics.get("accuracy", metrics.get("agreement_synthetic", 1.0))
+        if self._fraction() > 0.25 and value <= 1.5 / k:
+            self._event(f"step {self.step}: student near chance ({value:.1%} with {k} classes)")
+
+
+def distill(teacher: LoadedModel, cfg: DistillConfig, run_dir: Path, eval_data: Optional[LabelledImages] = None,
+            progress: Optional[Progress] = None, resume: bool = False) -> DistillResult:
+    """Distil `teacher` into a fresh `cfg.student` with no training data; write the run directory."""
+    return Distiller(teacher, cfg, run_dir, eval_data, progress).run(resume=resume)
+
+
+def synthesize(generator: Generator, teacher: nn.Module, n: int, seed: int, batch: int = 256) -> Dict[str, np.ndarray]:
+    """n synthetic images (normalised NCHW float32) with the teacher's logits, reproducible by seed."""
+    device = next(generator.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    xs, ts = [], []
+    generator.train()  # batch statistics, as in training
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            z = torch.randn(min(batch, n - i), generator.latent_dim, generator=gen).to(device)
+            x = generator(z).float()
+            xs.append(x.cpu())
+            ts.append(teacher(x).float().cpu())
+    return {"x": torch.cat(xs).numpy(), "teacher_logits": torch.cat(ts).numpy()}

@@ -1,0 +1,103 @@
+"""Loss terms as free functions on logits and features (DESIGN.md section 2).
+
+Every function returns a scalar computed in float32, whatever precision the forward pass used.
+Divergences are looked up by name in DIVERGENCES, so presets choose them as data.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-8
+
+
+def one_hot_loss(t_logits: torch.Tensor) -> torch.Tensor:
+    """DAFL `oh`: CE(T(x), argmax T(x)); low when the teacher is confident."""
+    t = t_logits.float()
+    return F.cross_entropy(t, t.argmax(1))
+
+
+def activation_loss(features: torch.Tensor) -> torch.Tensor:
+    """DAFL `act`: -mean |f_T(x)|, f_T the input of the teacher's last linear layer."""
+    return -features.float().abs().mean()
+
+
+def balance_loss(t_logits: torch.Tensor) -> torch.Tensor:
+    """DAFL `bal`: sum_k p_k log p_k of the batch-mean softmax; minimal (-log K) when classes are balanced.
+
+    Natural log. DAFL wrote log10, which is this divided by ln(10): the dafl preset scales its weight.
+    """
+    p = F.softmax(t_logits.float(), dim=1).mean(0)
+    return (p * torch.log(p + _EPS)).sum()
+
+
+def bn_statistics_loss(stats: Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """DeepInversion/DFQ `bn`: sum_l ||mu_l - running_mean_l||_2 + ||var_l - running_var_l||_2."""
+    total = torch.zeros(())
+    for mean, var, run_mean, run_var in stats:
+        total = total.to(mean.device) + torch.norm(mean.float() - run_mean, 2) + torch.norm(var.float() - run_var, 2)
+    return total
+
+
+def kl_per_sample(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """KL(softmax(T/tau) || softmax(S/tau)) for each sample."""
+    log_p_t = F.log_softmax(t_logits.float() / tau, dim=1)
+    log_p_s = F.log_softmax(s_logits.float() / tau, dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)
+
+
+def kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Hinton's distillation loss, tau^2 * mean KL(T || S)."""
+    return tau * tau * kl_per_sample(s_logits, t_logits, tau).mean()
+
+
+def l1_logits_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """DFAD's mean absolute difference of logits (tau unused)."""
+    return (s_logits.float() - t_logits.float()).abs().mean()
+
+
+def masked_kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """KL on the samples where student and teacher agree (m = 1[argmax S = argmax T]), averaged
+    over the whole batch. The generator then seeks hard samples only near the decision boundary
+    the student already shares, instead of drifting off into regions neither network knows (CMI)."""
+    mask = (s_logits.argmax(1) == t_logits.argmax(1)).float()
+    return tau * tau * (mask * kl_per_sample(s_logits, t_logits, tau)).mean()
+
+
+Divergence = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+DIVERGENCES: Dict[str, Divergence] = {"kl": kl_loss, "l1": l1_logits_loss, "kl_masked": masked_kl_loss}
+
+
+def adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, divergence: str, tau: float = 1.0) -> torch.Tensor:
+    """`adv`: the generator maximises the teacher-student divergence, so it minimises its negative."""
+    return -DIVERGENCES[divergence](s_logits, t_logits, tau)
+
+
+def attention_map(feature: torch.Tensor) -> torch.Tensor:
+    """Zagoruyko & Komodakis' spatial attention: L2-normalised channel mean of squared activations."""
+    a = feature.float().pow(2).mean(1).flatten(1)
+    return F.normalize(a, dim=1)
+
+
+def attention_transfer_loss(s_feats: List[torch.Tensor], t_feats: List[torch.Tensor]) -> torch.Tensor:
+    """ZSKT's AT term over feature maps paired by spatial size (pairs of equal size only)."""
+    t_by_size = {tuple(f.shape[-2:]): f for f in t_feats}
+    terms = [(attention_map(s) - attention_map(t_by_size[tuple(s.shape[-2:])])).pow(2).mean()
+             for s in s_feats if tuple(s.shape[-2:]) in t_by_size]
+    if not terms:
+        return torch.zeros((), device=s_feats[0].device if s_feats else None)
+    return torch.stack(terms).sum()
+
+
+def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """D learns teacher probabilities -> 1, student probabilities -> 0."""
+    return (F.binary_cross_entropy_with_logits(d_real.float(), torch.ones_like(d_real, dtype=torch.float32))
+            + F.binary_cross_entropy_with_logits(d_fake.float(), torch.zeros_like(d_fake, dtype=torch.float32)))
+
+
+def fool_discriminator_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """The student wants D to call its probabilities the teacher's."""
+    return F.binary_cross_entropy_with_logits(d_fake.float(), torch.ones_like(d_fake, dtype=torch.float32))

@@ -1,0 +1,75 @@
+"""Pick device, autocast dtype and memory format from what the hardware has (never assumed)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ContextManager, Optional, Set
+
+import torch
+
+from edgekd.errors import UsageError
+
+
+def cpu_flags() -> Set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    device: torch.device
+    dtype: Optional[torch.dtype]  # autocast dtype; None = fp32
+    channels_last: bool
+    reason: str
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self) -> ContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return self.dtype is torch.float16 and self.device.type == "cuda"
+
+
+def plan_execution(device: str = "auto", precision: str = "auto", channels_last: str = "auto") -> ExecutionPlan:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise UsageError(f"--device {device!r}: use auto, cpu or cuda")
+    dev = torch.device(device)
+    flags = cpu_flags() if dev.type == "cpu" else set()
+    if precision == "auto":
+        if dev.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            reason = f"CUDA GPU: {precision} autocast"
+        elif flags & {"avx512_bf16", "amx_bf16"}:
+            precision = "bf16"
+            reason = "CPU has " + "+".join(sorted(flags & {"avx512_bf16", "amx_bf16"})) + ": bf16 autocast"
+        else:
+            precision = "fp32"
+            reason = "CPU without bf16 instructions: fp32"
+    else:
+        reason = f"{precision} as asked"
+    if precision == "fp16" and dev.type == "cpu":
+        raise UsageError("fp16 autocast is for CUDA; on a CPU use --precision bf16 or fp32")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if channels_last == "auto":
+        # channels_last pays with reduced-precision kernels (oneDNN on CPU, tensor cores on GPU).
+        use_cl = dtype is not None
+    else:
+        use_cl = channels_last in ("on", "true", "1", True)
+    return ExecutionPlan(dev, dtype, use_cl, reason + (", channels_last" if use_cl else ""))

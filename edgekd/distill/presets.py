@@ -1,0 +1,41 @@
+"""Methods are data: one dict of weights and schedule per method, all run by the same loop.
+
+Reference formulations (DESIGN.md section 2 and the public DataFree benchmark):
+- dafl:  oh 1, bal 5 with log10 (= 5/ln 10 with our natural log), act 0.1; G and S step together
+         on one batch; student KL; Adam lr_G 0.2, lr_S 2e-3 (DAFL's MNIST settings).
+- dfad:  adversarial L1 on logits; student L1; 5 S steps per G step; SGD lr_S 0.1, Adam lr_G 1e-3.
+- zskt:  adversarial KL; student KL + 250 x attention transfer; 10 S steps per G step.
+- dfq:   adv 1, bn 1, oh 1, bal 20 (DataFree's unified weights); student KL.
+- adversarial (default, the paper's): masked KL adversarial term + BN statistics (only when the
+         teacher has BN) + oh + bal + act; student KL + FC discriminator; replay memory; several S
+         steps per G step. Its numbers were tuned on self-trained teachers: see benchmarks/TUNING.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "dafl": dict(w_adv=0.0, w_bn=0.0, w_oh=1.0, w_bal=5.0 / math.log(10), w_act=0.1, w_at=0.0, w_gan=0.0,
+                 adv_loss="kl", kd_loss="kl", tau=1.0, g_steps=1, s_steps=1, shared_batch=True,
+                 lr_g=0.2, lr_s=2e-3, s_optimizer="adam", replay_size=0, replay_fraction=0.0),
+    "dfad": dict(w_adv=1.0, w_bn=0.0, w_oh=0.0, w_bal=0.0, w_act=0.0, w_at=0.0, w_gan=0.0,
+                 adv_loss="l1", kd_loss="l1", tau=1.0, g_steps=1, s_steps=5, shared_batch=False,
+                 lr_g=1e-3, lr_s=0.1, s_optimizer="sgd", replay_size=0, replay_fraction=0.0),
+    "zskt": dict(w_adv=1.0, w_bn=0.0, w_oh=0.0, w_bal=0.0, w_act=0.0, w_at=250.0, w_gan=0.0,
+                 adv_loss="kl", kd_loss="kl", tau=1.0, g_steps=1, s_steps=10, shared_batch=False,
+                 lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=0, replay_fraction=0.0),
+    "dfq": dict(w_adv=1.0, w_bn=1.0, w_oh=1.0, w_bal=20.0, w_act=0.0, w_at=0.0, w_gan=0.0,
+                adv_loss="kl", kd_loss="kl", tau=1.0, g_steps=1, s_steps=5, shared_batch=False,
+                lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=0, replay_fraction=0.0),
+    "adversarial": dict(w_adv=1.0, w_bn=1.0, w_oh=1.0, w_bal=5.0, w_act=0.1, w_at=0.0, w_gan=0.1,
+                        gen_width=64, adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=1, s_steps=10, shared_batch=True,
+                        lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=4096, replay_fraction=0.5),
+}
+
+DEFAULT_METHOD = "adversarial"
+
+
+def list_methods() -> List[str]:
+    return list(PRESETS)

@@ -1,0 +1,50 @@
+"""A ring buffer of recent synthetic images and their teacher logits.
+
+Mixing old batches into the student's batches keeps it from forgetting regions the generator has
+moved away from (the paper's replay memory).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+_MAX_BYTES = 512 * 2 ** 20  # keep the memory well under the machine's RAM, whatever the image size
+
+
+class ReplayMemory:
+    def __init__(self, capacity: int, image_shape: Tuple[int, int, int], num_classes: int, device: torch.device) -> None:
+        per_image = 4 * (image_shape[0] * image_shape[1] * image_shape[2] + num_classes)
+        self.capacity = max(0, min(capacity, _MAX_BYTES // per_image))
+        self.x = torch.empty((self.capacity, *image_shape), device=device)
+        self.t = torch.empty((self.capacity, num_classes), device=device)
+        self.count = 0
+        self.ptr = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def push(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        n = min(len(x), self.capacity)
+        idx = (torch.arange(n, device=self.x.device) + self.ptr) % self.capacity
+        self.x[idx] = x[:n].detach().float().contiguous()
+        self.t[idx] = t[:n].detach().float()
+        self.ptr = (self.ptr + n) % self.capacity
+        self.count = min(self.count + n, self.capacity)
+
+    def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, self.count, (n,), device=self.x.device)
+        return self.x[idx], self.t[idx]
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"x": self.x[: self.count].cpu(), "t": self.t[: self.count].cpu(), "ptr": self.ptr}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        x, t = state["x"], state["t"]
+        self.count = len(x)  # type: ignore[arg-type]
+        self.x[: self.count] = x.to(self.x.device)  # type: ignore[union-attr]
+        self.t[: self.count] = t.to(self.t.device)  # type: ignore[union-attr]
+        self.ptr = int(state["ptr"])  # type: ignore[arg-type]

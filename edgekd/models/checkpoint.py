@@ -1,0 +1,215 @@
+"""Loading teachers from the files users actually have, and edgekd's own checkpoint format.
+
+Formats, detected from the file's content (never its name):
+- edgekd: torch.save'd dict {"format": "edgekd-checkpoint", arch, state_dict, spec, provenance}
+- state_dict: a plain torchvision-style state_dict (optionally wrapped in {"state_dict": ...})
+- torchscript: a torch.jit.save'd archive
+- pickle: a whole pickled nn.Module; loaded only with trust_pickle=True, since unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from edgekd.errors import InputFileError, ModelError
+from edgekd.fileio import PathLike, atomic_path, sha256_file
+from edgekd.models.registry import create_model, get_entry, list_models
+from edgekd.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+CHECKPOINT_FORMAT = "edgekd-checkpoint"
+CHECKPOINT_VERSION = 1
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "student")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: ModelSpec
+    format: str
+    path: Path
+    sha256: str
+    provenance: Dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(path: PathLike, model: nn.Module, spec: ModelSpec,
+                    provenance: Optional[Dict[str, Any]] = None) -> None:
+    """Write an edgekd checkpoint atomically. Refuses weights that are not finite."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelError(f"refusing to save {path}: non-finite values in {bad[0]}")
+    obj = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": spec.arch,
+           "state_dict": state, "spec": spec.to_dict(), "provenance": provenance or {}}
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _read_object(path: Path, trust_pickle: bool) -> Tuple[str, Any]:
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path} is empty: not a PyTorch checkpoint")
+    try:
+        if zipfile.is_zipfile(path) and _is_torchscript(path):
+            with warnings.catch_warnings():  # TorchScript is deprecated, but users still have such files
+                warnings.simplefilter("ignore", FutureWarning)
+                return "torchscript", torch.jit.load(str(path), map_location="cpu")
+    except (zipfile.BadZipFile, RuntimeError) as e:
+        raise InputFileError(f"{path} is truncated or corrupt ({str(e).splitlines()[0][:80]})") from None
+    try:
+        return "weights", torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
+            raise InputFileError(f"{path} is not a PyTorch checkpoint (or is corrupt)") from None
+        if not trust_pickle:
+            raise InputFileError(
+                f"{path} holds pickled Python objects (a whole nn.Module?) and unpickling runs code: "
+                "pass --trust-pickle only if you trust its source, or save a state_dict instead") from None
+    except Exception as e:  # the unpickler raises KeyError, EOFError, RuntimeError... on junk
+        first = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise InputFileError(f"{path} is truncated or not a PyTorch checkpoint ({first})") from None
+    try:
+        return "pickle", torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # arbitrary unpickling can fail in arbitrary ways
+        raise InputFileError(f"{path}: the trusted pickle could not be loaded ({type(e).__name__}: {e})") from None
+
+
+def _unwrap_state_dict(obj: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    for key in _WRAPPER_KEYS:
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise InputFileError("the file holds a dict without tensors: not a state_dict or edgekd checkpoint")
+    # nn.DataParallel / DDP prefix their keys with "module.".
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def infer_classes_channels(sd: Dict[str, torch.Tensor]) -> Tuple[int, int]:
+    """Classes from the last 2-D weight (the classifier), channels from the first 4-D weight (the stem)."""
+    mats = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 2]
+    convs = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 4]
+    if not mats or not convs:
+        raise ModelError("state_dict has no convolution or linear classifier weights: not an image classifier")
+    return int(mats[-1].shape[0]), int(convs[0].shape[1])
+
+
+def _shape_mismatch(arch: str, sd: Dict[str, torch.Tensor], classes: int, channels: int) -> Optional[str]:
+    """None if `sd` fits `arch` exactly, else a short reason."""
+    try:  # meta tensors: shapes without memory or init time
+        with torch.device("meta"):
+            ref = create_model(arch, classes, channels).state_dict()
+    except NotImplementedError:  # a few torchvision inits (RegNet) copy data and need real tensors
+        ref = create_model(arch, classes, channels).state_dict()
+    missing = [k for k in ref if k not in sd]
+    extra = [k for k in sd if k not in ref]
+    if missing or extra:
+        return f"missing key {missing[0]}" if missing else f"unexpected key {extra[0]}"
+    for k, v in ref.items():
+        if tuple(v.shape) != tuple(sd[k].shape):
+            return f"{k} has shape {tuple(sd[k].shape)}, {arch} needs {tuple(v.shape)}"
+    return None
+
+
+def infer_arch(sd: Dict[str, torch.Tensor], arch: Optional[str] = None) -> Tuple[str, int, int]:
+    classes, channels = infer_classes_channels(sd)
+    if arch is not None:
+        name = get_entry(arch).name
+        why = _shape_mismatch(name, sd, classes, channels)
+        if why:
+            raise ModelError(f"the state_dict does not fit {name}: {why}")
+        return name, classes, channels
+    for name in list_models():
+        if _shape_mismatch(name, sd, classes, channels) is None:
+            return name, classes, channels
+    raise ModelError("the state_dict fits no registered architecture: name it with --teacher-arch, "
+                     "or save the model as TorchScript (torch.jit.script(model).save(path))")
+
+
+def _first_conv_channels(model: nn.Module) -> int:
+    for p in model.state_dict().values():
+        if p.dim() == 4:
+            return int(p.shape[1])
+    raise ModelError("model has no convolution: not an image classifier")
+
+
+def _probe_classes(model: nn.Module, channels: int, size: Tuple[int, int]) -> int:
+    with torch.no_grad():
+        out = model(torch.zeros(1, channels, *size))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ModelError("model output is not a (batch, classes) tensor of logits")
+    return int(out.shape[1])
+
+
+def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = False,
+               spec_overrides: Optional[Dict[str, Any]] = None) -> LoadedModel:
+    """Load a classifier from any supported file. `spec_overrides` (input_size, mean, std, labels,
+    num_classes) fill in what the file does not carry; an override that contradicts the weights is an error."""
+    path = Path(path)
+    kind, obj = _read_object(path, trust_pickle)
+    overrides = dict(spec_overrides or {})
+    want_classes = overrides.pop("num_classes", None)
+    provenance: Dict[str, Any] = {}
+
+    if kind == "weights" and isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        fmt = "edgekd"
+        spec = ModelSpec.from_dict(obj["spec"])
+        model = create_model(spec.arch, spec.num_classes, spec.in_channels)
+        try:
+            model.load_state_dict(obj["state_dict"])
+        except RuntimeError as e:
+            raise ModelError(f"{path}: weights do not match {spec.arch} ({str(e).splitlines()[0][:100]})") from None
+        provenance = dict(obj.get("provenance") or {})
+    elif kind == "weights" and isinstance(obj, dict):
+        fmt = "state_dict"
+        sd = _unwrap_state_dict(obj)
+        name, classes, channels = infer_arch(sd, arch)
+        entry = get_entry(name)
+        model = create_model(name, classes, channels)
+        model.load_state_dict(sd)
+        spec = ModelSpec(name, classes, channels, entry.default_input_size,
+                         _fit(entry.default_mean, channels), _fit(entry.default_std, channels))
+    elif isinstance(obj, nn.Module):
+        fmt = "torchscript" if kind == "torchscript" else "pickle"
+        model = obj
+        channels = _first_conv_channels(model)
+        size = overrides.get("input_size") or (224, 224)
+        model.eval()
+        classes = _probe_classes(model, channels, size)
+        spec = ModelSpec(arch or type(model).__name__, classes, channels, size,
+                         _fit(IMAGENET_MEAN, channels), _fit(IMAGENET_STD, channels))
+    else:
+        raise InputFileError(f"{path} holds a {type(obj).__name__}, not a model, state_dict or edgekd checkpoint")
+
+    if want_classes is not None and int(want_classes) != spec.num_classes:
+        raise ModelError(f"--num-classes {want_classes} does not match the weights, which have {spec.num_classes} classes")
+    if overrides:
+        spec = spec.with_(**{k: v for k, v in overrides.items() if v is not None})
+    model.eval()
+    return LoadedModel(model, spec, fmt, path, sha256_file(path), provenance)
+
+
+def _fit(values: Tuple[float, ...], channels: int) -> Tuple[float, ...]:
+    """Registry defaults are per-RGB; a model with other channel counts gets their mean."""
+    if len(values) == channels:
+        return tuple(values)
+    return (sum(values) / len(values),) * channels

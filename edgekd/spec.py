@@ -1,0 +1,121 @@
+"""ModelSpec: what a model expects as input and what its outputs mean.
+
+It travels with every checkpoint, ONNX file and bundle manifest. Torch-free on purpose: the
+device side (edgekd bench) reads it with numpy alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from edgekd.errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Input and output contract of a classifier.
+
+    Inputs are float32 NCHW, pixel values in [0, 1] normalised as (x - mean) / std per channel.
+    """
+
+    arch: str
+    num_classes: int
+    in_channels: int = 3
+    input_size: Tuple[int, int] = (224, 224)
+    mean: Tuple[float, ...] = IMAGENET_MEAN
+    std: Tuple[float, ...] = IMAGENET_STD
+    labels: Optional[Tuple[str, ...]] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        c = self.in_channels
+        # A single value broadcasts to every channel; anything else must match the channel count.
+        if len(self.mean) == 1 and c > 1:
+            object.__setattr__(self, "mean", tuple(self.mean) * c)
+        if len(self.std) == 1 and c > 1:
+            object.__setattr__(self, "std", tuple(self.std) * c)
+        if len(self.mean) != c or len(self.std) != c:
+            raise UsageError(
+                f"mean/std have {len(self.mean)}/{len(self.std)} values but the model has {c} input "
+                f"channels: give one value or {c} values (e.g. --mean 0.5 --std 0.5)"
+            )
+        if any(s <= 0 for s in self.std):
+            raise UsageError("std values must be positive")
+        if self.num_classes < 2:
+            raise UsageError(f"a classifier needs at least 2 classes, got {self.num_classes}")
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise UsageError(
+                f"{len(self.labels)} labels given for {self.num_classes} classes: give one label per class"
+            )
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return (self.in_channels, self.input_size[0], self.input_size[1])
+
+    def with_(self, **changes: Any) -> ModelSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        d["labels"] = list(self.labels) if self.labels is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> ModelSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for key in ("input_size", "mean", "std"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        if kw.get("labels") is not None:
+            kw["labels"] = tuple(kw["labels"])
+        return cls(**kw)
+
+
+def parse_input_size(text: str) -> Tuple[int, int]:
+    """'224' -> (224, 224); '224x160' -> (224, 160)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"input size {text!r} is not a number: use 224 or 224x160") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 8:
+        raise UsageError(f"input size {text!r} must be one or two numbers of at least 8, e.g. 224 or 224x160")
+    return vals  # type: ignore[return-value]
+
+
+def parse_floats(text: Optional[str]) -> Optional[Tuple[float, ...]]:
+    """'0.5' or '0.485,0.456,0.406' -> tuple of floats."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def merge_spec(base: ModelSpec, input_size: Optional[str] = None, mean: Optional[str] = None,
+               std: Optional[str] = None, labels: Optional[Sequence[str]] = None) -> ModelSpec:
+    """Apply CLI overrides to a spec."""
+    changes: Dict[str, Any] = {}
+    if input_size:
+        changes["input_size"] = parse_input_size(input_size)
+    if mean:
+        changes["mean"] = parse_floats(mean)
+    if std:
+        changes["std"] = parse_floats(std)
+    if labels:
+        changes["labels"] = tuple(labels)
+    return base.with_(**changes) if changes else base

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtual environment and install edgekd with its test tools.
+# VENV picks the location; by default a cache directory keyed on the torch pins, so every checkout
+# and CI run on a machine shares one 6 GB install instead of repeating it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pins=requirements/pins.txt
+key=$(sha256sum "$pins" | cut -c1-12)
+VENV=${VENV:-$HOME/.cache/edgekd/venv-$key}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.edgekd-$(cat pyproject.toml "$pins" | sha256sum | cut -c1-12)"
+if [ ! -f "$stamp" ] || ! "$VENV/bin/python" -c "import edgekd" 2>/dev/null; then
+  "$VENV/bin/pip" install -q -c "$pins" torch torchvision 2> >(grep -v "is ignored: it is neither" >&2)
+  "$VENV/bin/pip" install -q -c "$pins" -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+  touch "$stamp"
+fi
+# Fashion-MNIST (Debian package) is the real data the demo and tests measure on.
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+echo "$VENV"

@@ -1,0 +1,104 @@
+"""Train a teacher (or a real-data reference student) on a labelled dataset and save an edgekd checkpoint.
+
+This is the only place real images train anything: teachers stand in for the user's own model.
+Examples:
+    python scripts/train_teacher.py --arch lenet5 --data fashion-mnist:train --test fashion-mnist \
+        --epochs 6 --out edgekd/assets/demo_teacher_fmnist_lenet5.pt
+    python scripts/train_teacher.py --arch resnet18-cifar --data fashion-mnist:train --test fashion-mnist \
+        --epochs 2 --size 32 --out /tmp/teachers/fmnist_resnet18.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgekd.data.datasets import load_dataset, prepare_images
+from edgekd.models.checkpoint import save_checkpoint
+from edgekd.models.registry import create_model
+from edgekd.spec import ModelSpec
+
+
+def evaluate(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            pred = model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy()
+            correct += int((pred == y[i:i + batch]).sum())
+    return correct / len(x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", required=True)
+    ap.add_argument("--data", required=True, help="training set (fashion-mnist:train, mnist, path)")
+    ap.add_argument("--test", help="test set; default: hold out --holdout images of --data")
+    ap.add_argument("--holdout", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--channels", type=int, default=None, help="default: the data's channels")
+    ap.add_argument("--mean", type=float, default=0.5)
+    ap.add_argument("--std", type=float, default=0.5)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--format", choices=["edgekd", "state_dict", "torchscript"], default="edgekd")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    train = load_dataset(args.data)
+    if args.test:
+        test = load_dataset(args.test)
+    else:
+        rng = np.random.default_rng(args.seed)
+        idx = rng.permutation(len(train))
+        test = type(train)(train.images[idx[:args.holdout]], train.labels[idx[:args.holdout]],
+                           train.label_names, train.source + ":holdout")
+        train = type(train)(train.images[idx[args.holdout:]], train.labels[idx[args.holdout:]],
+                            train.label_names, train.source + ":train")
+    channels = args.channels or train.images.shape[-1]
+    spec = ModelSpec(args.arch, train.num_classes, channels, (args.size, args.size), (args.mean,), (args.std,),
+                     train.label_names)
+    x_train, x_test = prepare_images(train.images, spec), prepare_images(test.images, spec)
+    y_train, y_test = train.labels, test.labels
+
+    model = create_model(args.arch, spec.num_classes, channels)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps = args.epochs * ((len(x_train) + args.batch_size - 1) // args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps)
+    t0 = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(x_train)).numpy()
+        for i in range(0, len(perm), args.batch_size):
+            b = perm[i:i + args.batch_size]
+            loss = F.cross_entropy(model(torch.from_numpy(x_train[b])), torch.from_numpy(y_train[b]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        acc = evaluate(model, x_test, y_test)
+        print(f"epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} test acc {acc:.4f} ({time.time() - t0:.0f}s)")
+
+    acc = evaluate(model, x_test, y_test)
+    info = {"arch": args.arch, "train": train.source, "test": test.source, "test_accuracy": acc,
+            "epochs": args.epochs, "seed": args.seed, "seconds": round(time.time() - t0, 1)}
+    model.eval()
+    if args.format == "edgekd":
+        save_checkpoint(args.out, model, spec, {"trained_by": "scripts/train_teacher.py", **info})
+    elif args.format == "state_dict":
+        torch.save(model.state_dict(), args.out)
+    else:
+        torch.jit.script(model).save(args.out)
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

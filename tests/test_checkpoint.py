@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from edgekd.errors import InputFileError, ModelError
+from edgekd.models.checkpoint import infer_arch, load_model, save_checkpoint
+from edgekd.models.registry import create_model
+from edgekd.spec import ModelSpec
+
+
+def _same_outputs(a, b, shape):
+    x = torch.randn(2, *shape)
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        return torch.allclose(a(x), b(x), atol=1e-5)
+
+
+def test_edgekd_checkpoint_round_trip(tmp_path):
+    model = create_model("lenet5", 10, 1).eval()
+    spec = ModelSpec("lenet5", 10, 1, (32, 32), (0.5,), (0.5,), tuple("abcdefghij"))
+    save_checkpoint(tmp_path / "m.pt", model, spec, {"note": "x"})
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.format == "edgekd"
+    assert loaded.spec == spec
+    assert loaded.provenance == {"note": "x"}
+    assert _same_outputs(model, loaded.model, (1, 32, 32))
+
+
+def test_save_refuses_nan_weights(tmp_path):
+    model = create_model("lenet5", 10, 1)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    with pytest.raises(ModelError, match="non-finite"):
+        save_checkpoint(tmp_path / "m.pt", model, ModelSpec("lenet5", 10, 1, (32, 32), (0.5,), (0.5,)))
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("arch,classes,channels", [("resnet34", 10, 3), ("mobilenet_v2", 5, 3),
+                                                   ("lenet5", 10, 1), ("resnet18-cifar", 100, 3)])
+def test_state_dict_architecture_inferred(tmp_path, arch, classes, channels):
+    model = create_model(arch, classes, channels).eval()
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    loaded = load_model(tmp_path / "sd.pt")
+    assert loaded.format == "state_dict"
+    assert (loaded.spec.arch, loaded.spec.num_classes, loaded.spec.in_channels) == (arch, classes, channels)
+    size = loaded.spec.input_size
+    assert _same_outputs(model, loaded.model, (channels, *size) if arch not in ("resnet34", "mobilenet_v2") else (3, 64, 64))
+
+
+def test_wrapped_and_dataparallel_state_dicts(tmp_path):
+    model = create_model("lenet5", 10, 1)
+    sd = {"module." + k: v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "w.pt")
+    assert load_model(tmp_path / "w.pt").spec.arch == "lenet5"
+
+
+def test_state_dict_with_explicit_arch_and_overrides(tmp_path):
+    torch.save(create_model("resnet18", 10, 3).state_dict(), tmp_path / "r.pt")
+    loaded = load_model(tmp_path / "r.pt", arch="resnet18",
+                        spec_overrides={"input_size": (96, 96), "mean": (0.5,), "std": (0.25,)})
+    assert loaded.spec.input_size == (96, 96)
+    assert loaded.spec.mean == (0.5, 0.5, 0.5)
+    with pytest.raises(ModelError, match="does not fit resnet34"):
+        load_model(tmp_path / "r.pt", arch="resnet34")
+
+
+def test_mismatched_classes_is_an_error(tmp_path):
+    torch.save(create_model("lenet5", 10, 1).state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ModelError, match="--num-classes 5 does not match"):
+        load_model(tmp_path / "sd.pt", spec_overrides={"num_classes": 5})
+
+
+def test_state_dict_fitting_nothing(tmp_path):
+    sd = {"conv.weight": torch.zeros(4, 3, 3, 3), "head.weight": torch.zeros(10, 4)}
+    torch.save(sd, tmp_path / "odd.pt")
+    with pytest.raises(ModelError, match="fits no registered architecture"):
+        load_model(tmp_path / "odd.pt")
+
+
+def test_torchscript_round_trip(tmp_path):
+    model = create_model("lenet5", 10, 1).eval()
+    torch.jit.script(model).save(str(tmp_path / "ts.pt"))
+    loaded = load_model(tmp_path / "ts.pt", spec_overrides={"input_size": (32, 32)})
+    assert loaded.format == "torchscript"
+    assert (loaded.spec.num_classes, loaded.spec.in_channels) == (10, 1)
+    assert _same_outputs(model, loaded.model, (1, 32, 32))
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    model = create_model("lenet5", 10, 1).eval()
+    torch.save(model, tmp_path / "whole.pt")
+    with pytest.raises(InputFileError, match="--trust-pickle"):
+        load_model(tmp_path / "whole.pt")
+    loaded = load_model(tmp_path / "whole.pt", trust_pickle=True, spec_overrides={"input_size": (32, 32)})
+    assert loaded.format == "pickle"
+    assert _same_outputs(model, loaded.model, (1, 32, 32))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(InputFileError, match="no such file"):
+        load_model(tmp_path / "missing.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(InputFileError, match="empty"):
+        load_model(tmp_path / "empty.pt")
+    (tmp_path / "text.pt").write_text("hello, not a checkpoint\n")
+    with pytest.raises(InputFileError, match="not a PyTorch checkpoint"):
+        load_model(tmp_path / "text.pt")
+    torch.save(create_model("lenet5", 10, 1).state_dict(), tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputFileError, match="truncated|corrupt|not a PyTorch"):
+        load_model(tmp_path / "cut.pt")
+
+
+def test_infer_arch_prefers_exact_shapes():
+    sd = create_model("resnet18", 10, 3).state_dict()
+    assert infer_arch(sd)[0] == "resnet18"

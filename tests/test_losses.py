@@ -1,0 +1,73 @@
+import math
+
+import torch
+
+from edgekd.distill import losses as L
+
+
+def test_one_hot_loss_hand_checked():
+    t = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    # CE to own argmax: -log softmax of the max logit
+    want = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.e / (math.e + 1))) / 2
+    assert abs(L.one_hot_loss(t).item() - want) < 1e-6
+
+
+def test_activation_loss():
+    f = torch.tensor([[1.0, -3.0], [2.0, 0.0]])
+    assert L.activation_loss(f).item() == -1.5
+
+
+def test_balance_loss_is_minus_log_k_when_balanced_and_zero_when_collapsed():
+    balanced = torch.tensor([[10.0, 0.0], [0.0, 10.0]])
+    assert abs(L.balance_loss(balanced).item() + math.log(2)) < 1e-3
+    collapsed = torch.tensor([[10.0, -10.0], [10.0, -10.0]])
+    assert abs(L.balance_loss(collapsed).item()) < 1e-6
+
+
+def test_bn_statistics_loss():
+    stats = [(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]), torch.zeros(2), torch.ones(2))]
+    # ||(1,1)||_2 + ||(1,1)||_2
+    assert abs(L.bn_statistics_loss(stats).item() - 2 * math.sqrt(2)) < 1e-6
+
+
+def test_kl_and_tau_squared():
+    s = torch.tensor([[0.0, 0.0]])
+    t = torch.tensor([[math.log(3.0), 0.0]])  # p_t = (0.75, 0.25)
+    want = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert abs(L.kl_loss(s, t).item() - want) < 1e-6
+    assert L.kl_loss(t, t).item() < 1e-7
+    t2 = torch.tensor([[2 * math.log(3.0), 0.0]])  # at tau=2 the same distribution
+    assert abs(L.kl_loss(s, t2, tau=2.0).item() - 4 * want) < 1e-5
+
+
+def test_l1_logits():
+    assert L.l1_logits_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])).item() == 1.5
+
+
+def test_masked_kl_only_counts_agreeing_samples():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[2.0, 0.0], [2.0, 0.0]])  # sample 0 agrees, sample 1 does not
+    per = L.kl_per_sample(s, t)
+    assert abs(L.masked_kl_loss(s, t).item() - per[0].item() / 2) < 1e-6
+
+
+def test_adversarial_is_negative_divergence():
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    assert torch.allclose(L.adversarial_loss(s, t, "l1"), -L.l1_logits_loss(s, t))
+    assert torch.allclose(L.adversarial_loss(s, t, "kl"), -L.kl_loss(s, t))
+
+
+def test_attention_transfer_pairs_by_size():
+    a = torch.ones(2, 3, 4, 4)
+    b = torch.zeros(2, 3, 4, 4)
+    b[:, :, 0, 0] = 1.0
+    loss = L.attention_transfer_loss([a, torch.ones(2, 1, 3, 3)], [b])
+    # attention maps: uniform 1/4 per cell vs one-hot; mean squared diff over 16 cells
+    want = ((0.25 - 1.0) ** 2 + 15 * 0.25 ** 2) / 16
+    assert abs(loss.item() - want) < 1e-6
+
+
+def test_discriminator_losses():
+    d_real, d_fake = torch.tensor([10.0]), torch.tensor([-10.0])
+    assert L.discriminator_loss(d_real, d_fake).item() < 1e-3
+    assert L.fool_discriminator_loss(d_fake).item() > 9
