@@ -67,6 +67,9 @@ class DistillConfig:
     calib_images: int = 512
 
     def validate(self) -> DistillConfig:
+        from edgekd.models.registry import get_entry
+
+        self.student = get_entry(self.student).name  # canonical name; unknown -> suggestion error
         if self.method not in PRESETS:
             raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(PRESETS)}")
         if self.iterations is None and self.time_budget is None:

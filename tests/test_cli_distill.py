@@ -1,0 +1,38 @@
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from edgekd.cli.app import app
+from edgekd.models.registry import create_model
+
+runner = CliRunner()
+
+
+def test_users_own_command_torchvision_state_dict(tmp_path):
+    torch.save(create_model("resnet34", 10, 3).state_dict(), tmp_path / "resnet34.pt")
+    result = runner.invoke(app, ["distill", str(tmp_path / "resnet34.pt"), "--student", "mobilenetv2",
+                                 "--input-size", "32", "--iterations", "1", "--batch-size", "4",
+                                 "--set", "calib_images=8", "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["student"] == "mobilenet_v2" and summary["teacher"]["spec"]["arch"] == "resnet34"
+    assert (tmp_path / "run" / "student.pt").exists()
+
+
+def test_demo_distill_with_eval_data(tmp_path):
+    result = runner.invoke(app, ["distill", "--iterations", "3", "--batch-size", "32", "--eval-data", "fashion-mnist",
+                                 "--set", "eval_images=500", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "teacher accuracy" in result.output and "student accuracy" in result.output
+
+
+def test_distill_bad_inputs(tmp_path):
+    cases = [(["distill", str(tmp_path / "no.pt")], 3), (["distill", "--student", "lenet6", "--iterations", "1"], 4),
+             (["distill", "--set", "bogus=1", "--iterations", "1"], 2),
+             (["distill", "--time-budget", "ten", "--iterations", "1"], 2),
+             (["distill", "--iterations", "1", "--resume", "--out", str(tmp_path / "none")], 2)]
+    for args, code in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == code, (args, result.output)
+        assert "Traceback" not in result.output

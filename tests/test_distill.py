@@ -1,0 +1,138 @@
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from edgekd.distill.config import parse_duration, parse_sets, resolve_config
+from edgekd.distill.loop import distill
+from edgekd.distill.presets import PRESETS
+from edgekd.errors import UsageError
+from edgekd.models.checkpoint import LoadedModel, load_model
+from edgekd.models.registry import create_model
+from edgekd.progress import Progress
+from edgekd.spec import ModelSpec
+
+FAST = dict(batch_size=16, eval_every_s=1e9, calib_images=32, replay_size=64, eval_images=200)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_teacher_path):
+    return demo_teacher_path
+
+
+def _bn_teacher(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("wrn16-2", 5, 3).eval()
+    spec = ModelSpec("wrn16-2", 5, 3, (16, 16), (0.5,), (0.5,))
+    return LoadedModel(model, spec, "edgekd", tmp_path / "t.pt", "0" * 64)
+
+
+@pytest.mark.parametrize("method", list(PRESETS))
+def test_each_preset_runs_on_a_bn_teacher(tmp_path, method):
+    cfg = resolve_config(method, overrides={**FAST, "iterations": 2, "student": "resnet18-cifar", "s_steps": 2})
+    result = distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
+    assert result.steps == 2 and not result.interrupted
+    for name in ("student.pt", "generator.pt", "calib.npz", "metrics.jsonl", "samples.png", "curves.png",
+                 "config.json", "summary.json", "teacher.pt", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).exists(), name
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["method"] == method and config["w_bn"] == PRESETS[method]["w_bn"]
+    student = load_model(tmp_path / "run" / "student.pt")
+    assert student.spec.arch == "resnet18-cifar" and student.spec.input_size == (16, 16)
+    calib = np.load(tmp_path / "run" / "calib.npz")
+    assert calib["x"].shape == (32, 3, 16, 16) and np.isfinite(calib["x"]).all()
+
+
+def test_bn_weight_dropped_for_teacher_without_bn(tmp_path, demo):
+    cfg = resolve_config("dfq", overrides={**FAST, "iterations": 1})
+    distill(load_model(demo), cfg, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["w_bn"] == 0 and any("no BatchNorm" in n for n in config["notes"])
+
+
+class _InterruptAt(Progress):
+    def __init__(self, step):
+        self.step = step
+
+    def update(self, fraction, step, fields=None):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled by the loop
+
+
+def test_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path, demo):
+    cfg = dict(FAST, iterations=6, seed=3)
+    full = distill(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "full")
+    part = distill(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "part",
+                   progress=_InterruptAt(3))
+    assert part.interrupted and part.steps == 3
+    assert (tmp_path / "part" / "student.pt").exists()
+    resumed = distill(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "part", resume=True)
+    assert resumed.steps == 6
+    a = load_model(tmp_path / "full" / "student.pt").model.state_dict()
+    b = load_model(tmp_path / "part" / "student.pt").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
+
+
+def test_resume_refuses_another_teacher(tmp_path, demo):
+    cfg = resolve_config("dafl", overrides=dict(FAST, iterations=1))
+    distill(load_model(demo), cfg, tmp_path / "run")
+    other = _bn_teacher(tmp_path)
+    with pytest.raises(UsageError, match="another teacher"):
+        distill(other, resolve_config("dafl", overrides=dict(FAST, iterations=2)), tmp_path / "run", resume=True)
+
+
+class _NaNOnce(nn.Module):
+    """A teacher whose output turns NaN on exactly one call: a real NaN flowing through the losses."""
+
+    def __init__(self, inner, bad_call):
+        super().__init__()
+        self.inner, self.calls, self.bad_call = inner, 0, bad_call
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        return out * float("nan") if self.calls == self.bad_call else out
+
+
+def test_nan_is_recovered_and_never_saved(tmp_path, demo):
+    loaded = load_model(demo)
+    loaded.model = _NaNOnce(loaded.model, bad_call=5 * 2 + 1)  # G step of the 6th iteration (1 G + 1 S call each)
+    cfg = resolve_config("dafl", overrides=dict(FAST, iterations=12, snapshot_every=2, shared_batch=False))
+    result = distill(loaded, cfg, tmp_path / "run")
+    assert any("non-finite" in e for e in result.events), result.events
+    student = load_model(tmp_path / "run" / "student.pt").model
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+
+
+def test_short_real_run_beats_chance_on_fashion_mnist(tmp_path, demo, fmnist):
+    cfg = resolve_config("adversarial", overrides={"iterations": 40, "eval_images": 2000, "eval_every_s": 1e9})
+    result = distill(load_model(demo), cfg, tmp_path / "run", eval_data=fmnist)
+    assert result.teacher_accuracy > 0.85
+    assert result.metrics["accuracy"] > 0.45, result.metrics  # chance is 0.10
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "accuracy" in lines[-1]
+
+
+def test_config_resolution_and_errors(tmp_path):
+    cfg = resolve_config("dfad", overrides=parse_sets(["w_adv=2", "s_steps=3"]) | {"iterations": 5})
+    assert (cfg.w_adv, cfg.s_steps, cfg.kd_loss) == (2.0, 3, "l1")
+    with pytest.raises(UsageError, match="did you mean w_bn"):
+        parse_sets(["w_bm=1"])
+    with pytest.raises(UsageError, match="unknown method"):
+        resolve_config("dfkd", overrides={"iterations": 1})
+    with pytest.raises(UsageError, match="--iterations N or --time-budget"):
+        resolve_config("dafl")
+    assert parse_duration("10m") == 600 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
+    (tmp_path / "c.toml").write_text('method = "zskt"\nw_at = 100\n')
+    from edgekd.distill.config import load_config_file
+
+    cfg = resolve_config("dafl", load_config_file(tmp_path / "c.toml"), {"iterations": 1})
+    assert cfg.method == "zskt" and cfg.w_at == 100 and cfg.s_steps == 10
+    assert math.isclose(PRESETS["dafl"]["w_bal"], 5 / math.log(10))
