@@ -62,9 +62,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     # Importing the command modules attaches their commands to `app`.
-    from edgekd.cli import distill_cmd, info_cmd  # noqa: F401
+    from edgekd.cli import distill_cmd, export_cmd, info_cmd  # noqa: F401
 
-    for optional in ("export_cmd", "bench_cmd"):
+    for optional in ("bench_cmd",):
         try:
             __import__(f"edgekd.cli.{optional}")
         except ModuleNotFoundError as e:

@@ -24,6 +24,7 @@ class Generator(nn.Module):
         super().__init__()
         c, h, w = out_shape
         self.latent_dim = latent_dim
+        self.base_channels = base_channels
         self.out_shape = (c, h, w)
         n_up = max(2, math.ceil(math.log2(max(h, w) / 8)))
         self.init_hw = (math.ceil(h / 2 ** n_up), math.ceil(w / 2 ** n_up))

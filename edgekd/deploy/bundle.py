@@ -1,0 +1,238 @@
+"""`edgekd export`: a run (or checkpoint) -> a deployment bundle directory for one target.
+
+bundle/
+  manifest.json        target, precision, ModelSpec, preprocessing, labels, files + sha256, checks, provenance
+  student.onnx         FP32 (the TensorRT build makes FP16 from it on the device)
+  student.int8.onnx    QDQ INT8 where the target supports INT8
+  teacher.onnx         FP32, so `edgekd bench` can compare the two on the device
+  calib.npy            calibration batches (float32 NCHW) for a device-side TensorRT INT8 build
+  synthetic.npz        held-out generator images + teacher predictions: agreement without any real data
+  README.md            the exact commands to run on the device
+The directory is assembled under a temporary name and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from edgekd import __version__
+from edgekd.data.datasets import check_dataset_fits, load_dataset, prepare_images
+from edgekd.deploy.manifest import BUNDLE_FORMAT
+from edgekd.deploy.onnx_export import check_parity, export_onnx
+from edgekd.deploy.quantize import QuantizeOptions, check_calibration_set, compare_int8, quantize_int8
+from edgekd.deploy.targets import Target
+from edgekd.errors import InputFileError, QualityError, UsageError
+from edgekd.fileio import atomic_dir, sha256_file, write_json, write_text
+from edgekd.models.checkpoint import LoadedModel, load_model
+from edgekd.models.info import count_macs, count_parameters
+
+_CALIB_MAX_BYTES = 128 * 2 ** 20
+
+
+@dataclass
+class ExportConfig:
+    target: Target
+    precision: Optional[str] = None  # default: the target's
+    calib_count: int = 512
+    calib_data: Optional[str] = None  # real images instead of the generator's
+    calibration: str = "minmax"
+    eval_data: Optional[str] = None  # labelled data to measure the INT8 accuracy drop
+    max_int8_drop: float = 0.02  # accuracy points (0.02 = 2 %) on eval_data
+    min_int8_agreement: float = 0.90  # FP32 vs INT8 agreement on held-out synthetic images
+    force: bool = False  # write the bundle even past those thresholds (loud warning)
+    trust_pickle: bool = False
+
+
+@dataclass
+class ExportResult:
+    bundle_dir: Path
+    manifest: Dict[str, Any]
+    warnings: List[str] = field(default_factory=list)
+
+
+@dataclass
+class _Source:
+    student: LoadedModel
+    teacher: Optional[LoadedModel]
+    run_dir: Optional[Path]
+
+
+def _load_source(source: Path, trust_pickle: bool) -> _Source:
+    if source.is_dir():
+        if not (source / "student.pt").exists():
+            raise InputFileError(f"{source} has no student.pt: not a finished distill run "
+                                 "(run 'edgekd distill' first, or pass a checkpoint file)")
+        student = load_model(source / "student.pt")
+        teacher = load_model(source / "teacher.pt", trust_pickle=trust_pickle,
+                             spec_overrides={"input_size": student.spec.input_size}) \
+            if (source / "teacher.pt").exists() else None
+        if teacher is not None and teacher.format != "edgekd":
+            teacher.spec = student.spec.with_(arch=teacher.spec.arch)
+        return _Source(student, teacher, source)
+    return _Source(load_model(source, trust_pickle=trust_pickle), None, None)
+
+
+def _synthetic_sets(src: _Source, count: int, seed: int) -> Dict[str, np.ndarray]:
+    """Calibration and held-out images from the run's generator (different seeds), no real data."""
+    from edgekd.distill.generator import Generator
+    from edgekd.distill.loop import synthesize
+
+    path = src.run_dir / "generator.pt" if src.run_dir else None
+    if path is None or not path.exists():
+        return {}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    g = Generator(state["latent_dim"], tuple(state["out_shape"]), state["base_channels"])
+    g.load_state_dict(state["state_dict"])
+    judge = (src.teacher or src.student).model.float().cpu().eval()
+    calib = synthesize(g, judge, count, seed)
+    held = synthesize(g, judge, 256, seed + 1)
+    return {"calib": calib["x"], "held_x": held["x"], "held_pred": held["teacher_logits"].argmax(1)}
+
+
+def _limit_calib(x: np.ndarray) -> np.ndarray:
+    per = x[0].nbytes if len(x) else 1
+    return x[: max(8, _CALIB_MAX_BYTES // per)]
+
+
+def export_bundle(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
+    target = cfg.target
+    precision = cfg.precision or target.default_precision
+    target.check_precision(precision)
+    src = _load_source(Path(source), cfg.trust_pickle)
+    spec = src.student.spec
+    warnings: List[str] = []
+    if src.teacher is None:
+        warnings.append("no teacher in the source: the bundle holds the student only, so bench cannot compare")
+
+    # Calibration / held-out images: the generator's by default, the user's real images on request.
+    synth = _synthetic_sets(src, cfg.calib_count, seed=1234)
+    calib_source = "generator"
+    if cfg.calib_data:
+        ds = load_dataset(cfg.calib_data)
+        calib = prepare_images(ds.take(cfg.calib_count).images, spec)
+        calib_source = f"real:{ds.source}"
+    elif "calib" in synth:
+        calib = synth["calib"]
+    elif precision == "int8":
+        raise UsageError("INT8 needs calibration images: export a distill run directory (it has a generator) "
+                         "or give --calib-data PATH")
+    else:
+        calib = np.random.default_rng(0).standard_normal((16, *spec.input_shape)).astype(np.float32)
+        calib_source = "gaussian noise (parity check only)"
+    check_calibration_set(calib, spec.input_shape)
+    parity_x = synth.get("held_x", calib[:64])
+
+    eval_x = eval_y = None
+    if cfg.eval_data:
+        ds = load_dataset(cfg.eval_data)
+        check_dataset_fits(ds, spec)
+        ds = ds.take(2000)
+        eval_x, eval_y = prepare_images(ds.images, spec), ds.labels
+
+    with atomic_dir(out) as tmp:
+        provenance = dict(src.student.provenance)
+        provenance.pop("config", None)
+        meta = {"provenance": provenance, "target": target.name}
+        models: List[Dict[str, Any]] = []
+        checks: Dict[str, Any] = {}
+
+        export_onnx(src.student.model, spec, tmp / "student.onnx", target.opset, {**meta, "role": "student"})
+        checks["student_parity"] = check_parity(src.student.model, tmp / "student.onnx", parity_x).to_dict()
+        models.append(_model_entry("student", "fp32", "student.onnx", src.student, spec))
+        if src.teacher is not None:
+            export_onnx(src.teacher.model, src.teacher.spec, tmp / "teacher.onnx", target.opset, {**meta, "role": "teacher"})
+            checks["teacher_parity"] = check_parity(src.teacher.model, tmp / "teacher.onnx", parity_x).to_dict()
+            models.append(_model_entry("teacher", "fp32", "teacher.onnx", src.teacher, src.teacher.spec))
+
+        if precision == "int8":
+            opts = QuantizeOptions(cfg.calibration, symmetric=target.int8_symmetric, reduce_range=target.reduce_range)
+            quantize_int8(tmp / "student.onnx", tmp / "student.int8.onnx", calib, opts)
+            held = synth.get("held_x", calib)
+            report = compare_int8(tmp / "student.onnx", tmp / "student.int8.onnx", held,
+                                  "held-out synthetic images" if "held_x" in synth else "calibration images")
+            checks["int8"] = report.to_dict()
+            if eval_x is not None:
+                real = compare_int8(tmp / "student.onnx", tmp / "student.int8.onnx", eval_x, cfg.eval_data, eval_y)
+                checks["int8_real"] = real.to_dict()
+            problem = _int8_problem(checks, cfg)
+            if problem and not cfg.force:
+                raise QualityError(f"{problem}: refusing to write the INT8 bundle; try --calibration entropy or "
+                                   "percentile, more --calib images, --precision fp32, or --force to keep it anyway")
+            if problem:
+                warnings.append(f"WARNING: {problem} (kept because of --force)")
+            models.append(_model_entry("student", "int8", "student.int8.onnx", src.student, spec))
+        elif target.runtime == "tensorrt" and precision == "fp16":
+            for m in models:
+                m["build_precision"] = "fp16"
+
+        calib_saved = _limit_calib(calib.astype(np.float32))
+        np.save(tmp / "calib.npy", calib_saved)
+        if "held_x" in synth:
+            np.savez_compressed(tmp / "synthetic.npz", x=synth["held_x"], teacher_pred=synth["held_pred"])
+
+        manifest = {
+            "format": BUNDLE_FORMAT, "version": 1, "edgekd_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "target": target.to_dict(), "precision": precision, "runtime": target.runtime,
+            "spec": spec.to_dict(), "labels": list(spec.labels) if spec.labels else None,
+            "preprocessing": {"layout": "NCHW", "dtype": "float32", "scale": 1 / 255, "resize": "bilinear",
+                              "input_size": list(spec.input_size), "channels": spec.in_channels,
+                              "mean": list(spec.mean), "std": list(spec.std)},
+            "models": models,
+            "calibration": {"file": "calib.npy", "count": int(len(calib_saved)), "source": calib_source,
+                            "method": cfg.calibration},
+            "synthetic_eval": "synthetic.npz" if "held_x" in synth else None,
+            "checks": checks, "warnings": warnings, "provenance": provenance,
+        }
+        write_text(tmp / "README.md", _device_readme(manifest, out.name))
+        manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                             for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / "manifest.json", manifest)
+    return ExportResult(out, manifest, warnings)
+
+
+def _int8_problem(checks: Dict[str, Any], cfg: ExportConfig) -> Optional[str]:
+    agree = checks["int8"]["agreement"]
+    if agree < cfg.min_int8_agreement:
+        return f"INT8 agrees with FP32 on only {agree:.1%} of {checks['int8']['on']} (threshold {cfg.min_int8_agreement:.0%})"
+    real = checks.get("int8_real")
+    if real and real["accuracy_drop"] > cfg.max_int8_drop:
+        return (f"INT8 loses {real['accuracy_drop']:.1%} accuracy on {real['on']} "
+                f"(threshold {cfg.max_int8_drop:.1%})")
+    return None
+
+
+def _model_entry(role: str, precision: str, file: str, loaded: LoadedModel, spec: Any) -> Dict[str, Any]:
+    model = loaded.model.float().cpu()
+    return {"role": role, "precision": precision, "file": file, "arch": spec.arch,
+            "parameters": count_parameters(model), "macs": count_macs(model, spec.input_shape)}
+
+
+def _device_readme(manifest: Dict[str, Any], name: str) -> str:
+    t = manifest["target"]
+    lines = [f"# edgekd bundle for {t['name']} ({manifest['precision']})", "",
+             f"{t['description']}.", "", "Models: " + ", ".join(f"{m['role']} {m['precision']} ({m['file']})"
+                                                         for m in manifest["models"]), "",
+             "## On the device", "", "```"]
+    if t["runtime"] == "onnxruntime":
+        lines += ["python3 -m venv ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd onnxruntime numpy",
+                  f"~/edgekd-venv/bin/edgekd bench {name} --json {name}-bench.json"]
+    else:
+        flag = {"fp16": "--fp16", "int8": "--int8 --fp16", "fp32": ""}[manifest["precision"]]
+        ws = (f"--workspace={t['workspace_mib']}" if t["tensorrt_versions"] == ["8.2"]
+              else f"--memPoolSize=workspace:{t['workspace_mib']}")
+        onnx_file = "student.int8.onnx" if manifest["precision"] == "int8" else "student.onnx"
+        lines += ["# TensorRT Python bindings come with JetPack (apt python3-libnvinfer): use system site-packages",
+                  "python3 -m venv --system-site-packages ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd",
+                  f"~/edgekd-venv/bin/edgekd bench {name} --runtime onnxruntime",
+                  "# or build by hand with trtexec:",
+                  f"/usr/src/tensorrt/bin/trtexec --onnx={onnx_file} {flag} {ws} --saveEngine=student.engine "
+                  "--timingCacheFile=timing.cache"]
+    lines += ["```", "", "Files and their sha256 are listed in manifest.json; bench refuses a bundle that does not match.", ""]
+    return "\n".join(lines)
