@@ -62,14 +62,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     # Importing the command modules attaches their commands to `app`.
-    from edgekd.cli import distill_cmd, export_cmd, info_cmd  # noqa: F401
+    from edgekd.cli import bench_cmd, distill_cmd, export_cmd, info_cmd  # noqa: F401
 
-    for optional in ("bench_cmd",):
-        try:
-            __import__(f"edgekd.cli.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"edgekd.cli.{optional}":
-                raise
 
 
 _register()

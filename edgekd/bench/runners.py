@@ -1,0 +1,99 @@
+"""Runtimes that execute one bundle model. A registry, so bench picks by name, never by if/elif."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from edgekd.errors import RuntimeMissingError, UsageError
+
+JETPACK_HINT = ("TensorRT's Python bindings come with JetPack: 'sudo apt-get install python3-libnvinfer' "
+                "(plus 'pip install pycuda'), and a venv made with --system-site-packages")
+
+
+class OrtRunner:
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeMissingError("onnxruntime is not installed: pip install onnxruntime "
+                                      "(on Jetson: the onnxruntime-gpu wheel for your JetPack)") from None
+        self._ort = ort
+        self.path = Path(bundle) / entry["file"]
+        self.threads = threads
+        self.session = self._session()
+        self.input_name = self.session.get_inputs()[0].name
+        self.provider = self.session.get_providers()[0]
+
+    def _session(self, profile_prefix: Optional[str] = None) -> Any:
+        opts = self._ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        if profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
+        return self._ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def profiled_mean_ms(self, x: np.ndarray, runs: int = 50) -> float:
+        """Mean per-run time from onnxruntime's own profiler (its 'model_run' events), for a
+        separate session with the same options: an independent check of our wall-clock timing."""
+        with tempfile.TemporaryDirectory() as tmp:
+            sess = self._session(os.path.join(tmp, "prof"))
+            for _ in range(runs + 5):
+                sess.run(None, {self.input_name: x})
+            trace = sess.end_profiling()
+            events = json.loads(Path(trace).read_text())
+        runs_us = [e["dur"] for e in events if e.get("name") == "model_run"][5:]
+        return float(np.mean(runs_us)) / 1e3
+
+    def environment(self) -> Dict[str, Any]:
+        return {"runtime": "onnxruntime", "version": self._ort.__version__, "provider": self.provider,
+                "threads": self.threads or "default"}
+
+
+class TensorRTRunner:
+    name = "tensorrt"
+
+    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> None:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            raise RuntimeMissingError(f"--runtime tensorrt: TensorRT is not installed. {JETPACK_HINT}") from None
+        raise RuntimeMissingError("the TensorRT runner needs an engine built on this device: "
+                                  "run 'edgekd build BUNDLE' first (TensorRT issue)")
+
+
+RUNNERS: Dict[str, Callable[..., Any]] = {"onnxruntime": OrtRunner, "tensorrt": TensorRTRunner}
+
+
+def runtime_names() -> List[str]:
+    return list(RUNNERS)
+
+
+def make_runner(runtime: str, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> Any:
+    if runtime not in RUNNERS:
+        raise UsageError(f"unknown runtime {runtime!r}: choose {', '.join(RUNNERS)} or auto")
+    return RUNNERS[runtime](bundle, entry, threads)
+
+
+def auto_runtime(manifest: Dict[str, Any]) -> str:
+    """The bundle's target runtime when it is importable here, else onnxruntime."""
+    wanted = manifest.get("runtime", "onnxruntime")
+    if wanted == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+
+            return "tensorrt"
+        except ImportError:
+            return "onnxruntime"
+    return "onnxruntime"

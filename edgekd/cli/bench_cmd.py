@@ -1,0 +1,73 @@
+"""`edgekd bench`: run on the device. Imports numpy and a runtime only (never torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from edgekd.cli.app import app, console
+from edgekd.errors import UsageError
+
+
+def _parse_sizes(text: str) -> tuple:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--batch-sizes {text!r}: use comma-separated integers, e.g. 1,8") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError("--batch-sizes must be positive integers, e.g. 1,8")
+    return sizes
+
+
+@app.command("bench")
+def bench_cmd(
+    bundles: Optional[List[Path]] = typer.Argument(None, help="Bundle directories from 'edgekd export' (default: the current directory)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Labelled data: fashion-mnist, mnist, IDX dir, ImageFolder, .npz (default: the bundle's synthetic images, agreement only)."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto, onnxruntime or tensorrt."),
+    batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="Comma-separated batch sizes."),
+    warmup: float = typer.Option(1.0, "--warmup", help="Warm-up seconds per model and batch size."),
+    duration: Optional[float] = typer.Option(3.0, "--duration", help="Minimum timed seconds per model and batch size."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Timed runs instead of --duration."),
+    threads: int = typer.Option(0, "--threads", help="Intra-op threads, the same for every model (0: runtime default)."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Measure accuracy on the first N images only."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result (with environment) as JSON."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of accuracy against latency."),
+    no_timing_check: bool = typer.Option(False, "--no-timing-check", help="Skip the cross-check against onnxruntime's profiler."),
+) -> None:
+    """Benchmark student against teacher: accuracy, agreement and latency, on this device."""
+    from edgekd.bench.core import BenchConfig, bench_bundles
+    from edgekd.bench.report import TERMINAL_COLUMNS, fmt, plot, to_markdown
+    from edgekd.cli.rich_progress import RichProgress
+
+    cfg = BenchConfig(data, runtime, _parse_sizes(batch_sizes), warmup, None if iterations else duration,
+                      iterations, threads, max_images, not no_timing_check)
+    result = bench_bundles(bundles or [Path(".")], cfg, RichProgress(console))
+    table = Table(title=f"edgekd bench - accuracy on {result.evaluation['source']}")
+    shown = TERMINAL_COLUMNS  # the rest (p90 per runtime, MACs, ...) goes to --json/--markdown
+    for c in shown:
+        table.add_column(c.replace("_ms", " ms").replace("batch_size", "batch").replace("throughput_ips", "img/s"),
+                         justify="left" if c in ("bundle", "model") else "right")
+    for r in result.rows:
+        table.add_row(*(fmt(c, r.get(c)) for c in shown))
+    console.print(table)
+    for v in result.verdicts:
+        console.print(f"[bold]{v['bundle']} {v['model']}[/] at batch {v['batch_size']}: "
+                      f"[green]{v['speedup_p50']:.2f}x[/] faster than the teacher (p50), "
+                      f"{v['metric']} {v['accuracy_change']:+.2%}, {v['size_ratio']:.1f}x smaller")
+    for c in result.timing_check:
+        console.print(f"timing check {c['model']} (batch 1): edgekd {c['edgekd_mean_ms']:.4f} ms, loop-timed "
+                      f"{c['loop_mean_ms']:.4f} ms ({c['loop_difference']:+.1%}), onnxruntime profiler "
+                      f"{c['onnxruntime_profiler_mean_ms']:.4f} ms ({c['profiler_difference']:+.1%})")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(to_markdown(result))
+    if plot_out:
+        plot(result, plot_out)
