@@ -225,8 +225,9 @@ def _device_readme(manifest: Dict[str, Any], name: str) -> str:
                   f"~/edgekd-venv/bin/edgekd bench {name} --json {name}-bench.json"]
     else:
         flag = {"fp16": "--fp16", "int8": "--int8 --fp16", "fp32": ""}[manifest["precision"]]
-        ws = (f"--workspace={t['workspace_mib']}" if t["tensorrt_versions"] == ["8.2"]
-              else f"--memPoolSize=workspace:{t['workspace_mib']}")
+        # trtexec's workspace flag changed in TensorRT 8.4.
+        old = all(tuple(int(p) for p in (v.split(".") + ["0"])[:2]) < (8, 4) for v in t["tensorrt_versions"])
+        ws = f"--workspace={t['workspace_mib']}" if old else f"--memPoolSize=workspace:{t['workspace_mib']}"
         onnx_file = "student.int8.onnx" if manifest["precision"] == "int8" else "student.onnx"
         lines += ["# TensorRT Python bindings come with JetPack (apt python3-libnvinfer): use system site-packages",
                   "python3 -m venv --system-site-packages ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd",

@@ -1,0 +1,186 @@
+"""Real exports, real ONNX Runtime sessions, real bundles."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgekd.bench.core import BenchConfig, bench_bundles
+from edgekd.bench.latency import summarize
+from edgekd.cli.app import app
+from edgekd.deploy.bundle import ExportConfig, export_bundle
+from edgekd.deploy.manifest import load_manifest
+from edgekd.deploy.onnx_export import read_metadata
+from edgekd.deploy.targets import get_target
+from edgekd.distill.config import resolve_config
+from edgekd.distill.loop import distill
+from edgekd.errors import DataError, InputFileError, QualityError, UsageError
+from edgekd.models.checkpoint import load_model
+
+runner = CliRunner()
+FAST_BENCH = dict(batch_sizes=(1, 4), warmup_s=0.0, duration_s=None, iterations=5, verify_timing=False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, demo_teacher_path):
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = resolve_config("adversarial", overrides={"iterations": 30, "calib_images": 64, "eval_every_s": 1e9})
+    distill(load_model(demo_teacher_path), cfg, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "x86-int8"
+    export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_count=128), out)
+    return out
+
+
+def test_int8_bundle_contents(int8_bundle):
+    m = load_manifest(int8_bundle)
+    assert {e["file"] for e in m["models"]} == {"student.onnx", "teacher.onnx", "student.int8.onnx"}
+    assert m["calibration"]["source"] == "generator" and m["calibration"]["count"] == 128
+    assert np.load(int8_bundle / "calib.npy").shape == (128, 1, 32, 32)
+    assert m["checks"]["student_parity"]["max_abs_diff"] < 1e-3
+    assert m["checks"]["int8"]["agreement"] >= 0.9
+    assert m["spec"]["arch"] == "lenet5-half" and m["preprocessing"]["mean"] == [0.5]
+    assert len(m["labels"]) == 10
+    meta = read_metadata(int8_bundle / "student.onnx")
+    assert meta["edgekd.spec"]["input_size"] == [32, 32]
+    assert meta["edgekd.provenance"]["method"] == "adversarial"
+    assert len(meta["edgekd.provenance"]["teacher_sha256"]) == 64
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int8_bundle / "student.int8.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ format
+    assert "edgekd bench" in (int8_bundle / "README.md").read_text()
+
+
+def test_tensorrt_target_bundle_opset_and_trtexec(run_dir, tmp_path):
+    out = tmp_path / "nano"
+    export_bundle(run_dir, ExportConfig(get_target("jetson-nano"), "fp16", calib_count=32), out)
+    import onnx
+
+    model = onnx.load(str(out / "student.onnx"))
+    assert model.opset_import[0].version == 13
+    readme = (out / "README.md").read_text()
+    assert "trtexec --onnx=student.onnx --fp16 --workspace=512" in readme
+    assert "--system-site-packages" in readme
+
+
+def test_int8_for_orin_is_symmetric(run_dir, tmp_path):
+    out = tmp_path / "orin"
+    export_bundle(run_dir, ExportConfig(get_target("jetson-orin-nano"), "int8", calib_count=64), out)
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(out / "student.int8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+
+
+def test_export_errors(run_dir, tmp_path, demo_teacher_path):
+    with pytest.raises(UsageError, match="does not support int8"):
+        export_bundle(run_dir, ExportConfig(get_target("jetson-nano"), "int8"), tmp_path / "a")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(InputFileError, match="no student.pt"):
+        export_bundle(tmp_path / "empty_run", ExportConfig(get_target("x86-cpu"), "fp32"), tmp_path / "b")
+    with pytest.raises(UsageError, match="needs calibration images"):  # a bare checkpoint has no generator
+        export_bundle(demo_teacher_path, ExportConfig(get_target("x86-cpu"), "int8"), tmp_path / "c")
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((3, 28, 28), np.uint8), y=np.zeros(3))
+    with pytest.raises(DataError, match="at least 8"):
+        export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_data=str(tmp_path / "wrong.npz")),
+                      tmp_path / "d")
+    with pytest.raises(QualityError, match="refusing"):  # an impossible threshold trips the check
+        export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_count=32, min_int8_agreement=1.01),
+                      tmp_path / "e")
+    assert not any(p.name.startswith(("a", "b", "c", "d", "e")) for p in tmp_path.iterdir() if p.is_dir()
+                   and p.name != "empty_run"), list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_unwritable_output(run_dir, tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/edgekd-bundle"  # even root cannot create directories there
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = str(tmp_path / "ro" / "bundle")
+    result = runner.invoke(app, ["export", str(run_dir), "--target", "x86-cpu", "--precision", "fp32",
+                                 "--out", target])
+    assert result.exit_code == 3 and "cannot write" in result.output
+
+
+def test_bench_with_real_data(int8_bundle, fmnist):
+    res = bench_bundles([int8_bundle], BenchConfig(data="fashion-mnist", max_images=1000, **FAST_BENCH))
+    models = {r["model"] for r in res.rows}
+    assert models == {"teacher fp32", "student fp32", "student int8"}
+    teacher = next(r for r in res.rows if r["model"] == "teacher fp32")
+    assert teacher["top1"] > 0.85 and teacher["agreement"] == 1.0 and teacher["top5"] > teacher["top1"]
+    for r in res.rows:
+        assert r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] and r["runs"] == 5
+    assert len(res.verdicts) == 4 and all(v["speedup_p50"] > 0 for v in res.verdicts)
+    assert res.evaluation["preprocess_ms_per_image"] > 0
+
+
+def test_bench_without_data_uses_synthetic_agreement(int8_bundle):
+    res = bench_bundles([int8_bundle], BenchConfig(**FAST_BENCH))
+    assert res.evaluation["kind"] == "synthetic"
+    assert all(r["top1"] is None and r["agreement"] is not None for r in res.rows)
+    assert next(r for r in res.rows if r["model"] == "teacher fp32")["agreement"] > 0.99
+
+
+def test_bench_refuses_tampered_and_incomplete_bundles(int8_bundle, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(int8_bundle, bad)
+    with open(bad / "student.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(InputFileError, match="sha256"):
+        bench_bundles([bad], BenchConfig(**FAST_BENCH))
+    (bad / "student.onnx").unlink()
+    with pytest.raises(InputFileError, match="missing"):
+        bench_bundles([bad], BenchConfig(**FAST_BENCH))
+    with pytest.raises(InputFileError, match="not an edgekd bundle"):
+        bench_bundles([tmp_path], BenchConfig(**FAST_BENCH))
+
+
+def test_bench_data_mismatch(int8_bundle, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 28, 28), np.uint8), y=np.array([0, 1, 2, 42]))
+    with pytest.raises(DataError, match="labels up to 42"):
+        bench_bundles([int8_bundle], BenchConfig(data=str(tmp_path / "d.npz"), **FAST_BENCH))
+
+
+def test_bench_cli_outputs_and_tensorrt_missing(int8_bundle, tmp_path):
+    result = runner.invoke(app, ["bench", str(int8_bundle), "--iterations", "3", "--warmup", "0",
+                                 "--batch-sizes", "1", "--json", str(tmp_path / "r.json"),
+                                 "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["environment"]["runtimes"]["onnxruntime"]["provider"] == "CPUExecutionProvider"
+    assert data["timing_check"] and "loop_mean_ms" in data["timing_check"][0]
+    assert "| student int8 |" in (tmp_path / "r.md").read_text().replace("| x86-int8 ", "")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    result = runner.invoke(app, ["bench", str(int8_bundle), "--runtime", "tensorrt"])
+    assert result.exit_code == 6 and "python3-libnvinfer" in result.output
+
+
+def test_bench_path_never_imports_torch(int8_bundle):
+    """Block torch entirely (as on a device without it) and run the real CLI."""
+    code = ("import sys; sys.modules['torch'] = None; from edgekd.cli.app import main; "
+            f"sys.argv = ['edgekd', 'bench', {str(int8_bundle)!r}, '--iterations', '2', '--warmup', '0', "
+            "'--batch-sizes', '1', '--no-timing-check']; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "student int8" in proc.stdout
+
+
+def test_latency_summary_percentiles():
+    stats = summarize([0.001 * i for i in range(1, 101)], batch_size=4)
+    assert abs(stats.p50_ms - 50.5) < 1e-9 and abs(stats.mean_ms - 50.5) < 1e-9
+    assert stats.p90_ms == pytest.approx(90.1) and stats.p99_ms == pytest.approx(99.01)
+    assert stats.throughput_ips == pytest.approx(4 / 0.0505)
