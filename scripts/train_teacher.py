@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--format", choices=["edgekd", "state_dict", "torchscript"], default="edgekd")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--save-holdout", help="write the held-out test images as .npz (for measuring students)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -63,6 +64,8 @@ def main() -> None:
                            train.label_names, train.source + ":holdout")
         train = type(train)(train.images[idx[args.holdout:]], train.labels[idx[args.holdout:]],
                             train.label_names, train.source + ":train")
+    if args.save_holdout:
+        np.savez(args.save_holdout, x=test.images, y=test.labels)
     channels = args.channels or train.images.shape[-1]
     spec = ModelSpec(args.arch, train.num_classes, channels, (args.size, args.size), (args.mean,), (args.std,),
                      train.label_names)
