@@ -66,7 +66,7 @@ class _InterruptAt(Progress):
 
 def test_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path, demo):
     cfg = dict(FAST, iterations=6, seed=3)
-    full = distill(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "full")
+    distill(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "full")
     part = distill(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "part",
                    progress=_InterruptAt(3))
     assert part.interrupted and part.steps == 3

@@ -62,15 +62,35 @@ class OrtRunner:
 
 
 class TensorRTRunner:
+    """Runs the engine that `edgekd build` made on this device for one bundle model."""
+
     name = "tensorrt"
 
     def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> None:
+        from edgekd.deploy import trt_device
+
         try:
-            import tensorrt  # noqa: F401
-        except ImportError:
+            trt = trt_device.import_tensorrt()
+        except trt_device.TrtError:
             raise RuntimeMissingError(f"--runtime tensorrt: TensorRT is not installed. {JETPACK_HINT}") from None
-        raise RuntimeMissingError("the TensorRT runner needs an engine built on this device: "
-                                  "run 'edgekd build BUNDLE' first (TensorRT issue)")
+        manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+        engine = next((e for e in manifest.get("engines", []) if e.get("onnx") == entry["file"]), None)
+        if engine is None:
+            raise RuntimeMissingError(f"{bundle} has no TensorRT engine for {entry['file']}: "
+                                      f"run 'edgekd build {bundle}' on this device first")
+        try:
+            trt_device.check_engine_matches(engine, trt.__version__, trt_device.gpu_name())
+            self._run = trt_device.TrtEngineRunner(str(Path(bundle) / engine["file"]), engine["max_batch"])
+        except trt_device.TrtError as e:
+            raise RuntimeMissingError(str(e)) from None
+        self.provider = f"TensorRT {trt.__version__} ({engine['precision']})"
+        self._version = trt.__version__
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x)
+
+    def environment(self) -> Dict[str, Any]:
+        return {"runtime": "tensorrt", "version": self._version, "provider": self.provider}
 
 
 RUNNERS: Dict[str, Callable[..., Any]] = {"onnxruntime": OrtRunner, "tensorrt": TensorRTRunner}

@@ -62,7 +62,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     # Importing the command modules attaches their commands to `app`.
-    from edgekd.cli import bench_cmd, distill_cmd, export_cmd, info_cmd  # noqa: F401
+    from edgekd.cli import bench_cmd, build_cmd, distill_cmd, export_cmd, info_cmd  # noqa: F401
 
 
 

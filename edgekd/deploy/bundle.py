@@ -14,6 +14,7 @@ The directory is assembled under a temporary name and moved into place only when
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -33,6 +34,7 @@ from edgekd.models.checkpoint import LoadedModel, load_model
 from edgekd.models.info import count_macs, count_parameters
 
 _CALIB_MAX_BYTES = 128 * 2 ** 20
+TRT_SCRIPT = "edgekd_trt.py"
 
 
 @dataclass
@@ -190,6 +192,8 @@ def export_bundle(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
             "synthetic_eval": "synthetic.npz" if "held_x" in synth else None,
             "checks": checks, "warnings": warnings, "provenance": provenance,
         }
+        if target.runtime == "tensorrt":  # the standalone device-side builder/runner (Python 3.6+)
+            shutil.copyfile(Path(__file__).with_name("trt_device.py"), tmp / TRT_SCRIPT)
         write_text(tmp / "README.md", _device_readme(manifest, out.name))
         manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                              for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -229,9 +233,13 @@ def _device_readme(manifest: Dict[str, Any], name: str) -> str:
         old = all(tuple(int(p) for p in (v.split(".") + ["0"])[:2]) < (8, 4) for v in t["tensorrt_versions"])
         ws = f"--workspace={t['workspace_mib']}" if old else f"--memPoolSize=workspace:{t['workspace_mib']}"
         onnx_file = "student.int8.onnx" if manifest["precision"] == "int8" else "student.onnx"
-        lines += ["# TensorRT Python bindings come with JetPack (apt python3-libnvinfer): use system site-packages",
+        lines += ["# TensorRT's Python bindings come with JetPack: sudo apt-get install python3-libnvinfer python3-pip",
+                  "# and pip3 install pycuda. Jetson Nano (Python 3.6): the bundle's standalone script needs nothing else:",
+                  f"python3 {name}/{TRT_SCRIPT} build {name}",
+                  f"python3 {name}/{TRT_SCRIPT} bench {name}",
+                  "# Orin (Python 3.8/3.10): edgekd itself, in a venv that sees the system TensorRT:",
                   "python3 -m venv --system-site-packages ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd",
-                  f"~/edgekd-venv/bin/edgekd bench {name} --runtime onnxruntime",
+                  f"~/edgekd-venv/bin/edgekd build {name} && ~/edgekd-venv/bin/edgekd bench {name} --runtime tensorrt",
                   "# or build by hand with trtexec:",
                   f"/usr/src/tensorrt/bin/trtexec --onnx={onnx_file} {flag} {ws} --saveEngine=student.engine "
                   "--timingCacheFile=timing.cache"]

@@ -1,0 +1,395 @@
+"""TensorRT engine build and inference, for the device side.
+
+Standalone on purpose: it imports only the standard library, numpy, tensorrt and pycuda, and is
+written for Python 3.6 (Jetson Nano, JetPack 4.6, TensorRT 8.2), so `edgekd export` copies it into
+every TensorRT bundle as edgekd_trt.py and a Nano runs it without edgekd installed:
+
+    python3 edgekd_trt.py build  BUNDLE_DIR      # engines next to the ONNX files, manifest updated
+    python3 edgekd_trt.py bench  BUNDLE_DIR      # latency of every engine (JSON on stdout)
+
+Version gates (TensorRT 8.2, 8.5/8.6, 10.x):
+- build_serialized_network (8.0+; build_engine is gone in 10)
+- set_memory_pool_limit from 8.4, max_workspace_size before
+- EXPLICIT_BATCH network flag before 10 (explicit batch is the only mode in 10)
+- named tensor I/O (num_io_tensors, set_tensor_address, execute_async_v3) from 8.5, bindings before
+- implicit INT8 calibration: deprecated in 10, removed in 11; explicit Q/DQ is preferred
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ENGINE_FORMAT_VERSION = 1
+
+
+class TrtError(Exception):
+    """One-line, user-facing failure of the device-side TensorRT path."""
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TrtError("TensorRT is not installed: on JetPack 'sudo apt-get install python3-libnvinfer "
+                       "python3-libnvinfer-dev' (and 'pip install pycuda'), in a venv made with "
+                       "--system-site-packages") from None
+    return trt
+
+
+def version_tuple(text):
+    parts = []
+    for p in str(text).split(".")[:3]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 3:
+        parts.append(0)
+    return tuple(parts)
+
+
+def supports_named_tensors(version):
+    return version >= (8, 5, 0)
+
+
+def supports_memory_pool(version):
+    return version >= (8, 4, 0)
+
+
+def needs_explicit_batch_flag(version):
+    return version < (10, 0, 0)
+
+
+def implicit_calibration_available(version):
+    return version < (11, 0, 0)
+
+
+def onnx_has_qdq(onnx_path):
+    """True when the ONNX holds QuantizeLinear/DequantizeLinear nodes (explicit quantization).
+    A byte search is enough and avoids needing the onnx package on the device."""
+    with open(onnx_path, "rb") as f:
+        data = f.read()
+    return b"QuantizeLinear" in data and b"DequantizeLinear" in data
+
+
+def plan_build(version, precision, qdq, has_fast_fp16, has_fast_int8, dla_core=None):
+    """Decide builder flags for a precision on a TensorRT version: a plain dict, unit-testable."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise TrtError("precision must be fp32, fp16 or int8, not %r" % precision)
+    flags = []
+    calibrate = False
+    if precision in ("fp16", "int8") and has_fast_fp16:
+        flags.append("FP16")  # INT8 engines keep FP16 for layers that cannot run in INT8
+    if precision == "fp16" and not has_fast_fp16:
+        raise TrtError("this GPU has no fast FP16: build with --precision fp32")
+    if precision == "int8":
+        if not has_fast_int8:
+            raise TrtError("this GPU has no fast INT8 (e.g. Jetson Nano's Maxwell): use FP16")
+        flags.append("INT8")
+        if not qdq:
+            if not implicit_calibration_available(version):
+                raise TrtError("TensorRT %d.%d removed implicit INT8 calibration: export a Q/DQ ONNX "
+                               "(edgekd export --precision int8)" % version[:2])
+            calibrate = True
+    if dla_core is not None:
+        flags.append("GPU_FALLBACK")
+    return {"flags": flags, "calibrate": calibrate, "explicit_batch_flag": needs_explicit_batch_flag(version),
+            "memory_pool": supports_memory_pool(version), "dla_core": dla_core}
+
+
+def calibration_batches(x, batch_size):
+    """Split calibration images into full batches (TensorRT's calibrator wants a fixed batch size)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = (len(x) // batch_size) * batch_size
+    if n == 0:
+        raise TrtError("need at least %d calibration images, have %d" % (batch_size, len(x)))
+    return [x[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+class CalibrationCache(object):
+    """Read/write TensorRT's calibration cache file (bytes), so a second build skips calibration."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def read(self):
+        if self.path and os.path.exists(self.path):
+            with open(self.path, "rb") as f:
+                return f.read()
+        return None
+
+    def write(self, data):
+        if not self.path:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(bytes(data))
+        os.replace(tmp, self.path)
+
+
+def make_calibrator(trt, cuda, batches, cache_path, input_name):
+    """An IInt8EntropyCalibrator2 fed from numpy batches (pycuda device buffer)."""
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = batches
+            self.index = 0
+            self.cache = CalibrationCache(cache_path)
+            self.device = cuda.mem_alloc(batches[0].nbytes)
+
+        def get_batch_size(self):
+            return len(self.batches[0])
+
+        def get_batch(self, names, p_str=None):
+            if self.index >= len(self.batches):
+                return None
+            cuda.memcpy_htod(self.device, self.batches[self.index])
+            self.index += 1
+            return [int(self.device)]
+
+        def read_calibration_cache(self):
+            return self.cache.read()
+
+        def write_calibration_cache(self, cache):
+            self.cache.write(cache)
+
+    return EntropyCalibrator()
+
+
+def build_engine(onnx_path, engine_path, precision, workspace_mib, input_shape, max_batch,
+                 calib_path=None, cache_path=None, timing_cache_path=None, dla_core=None, verbose=False):
+    """Parse ONNX, build and serialise an engine. Returns a dict for the manifest."""
+    trt = import_tensorrt()
+    version = version_tuple(trt.__version__)
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if needs_explicit_batch_flag(version):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as f:
+        if not parser.parse(f.read()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise TrtError("TensorRT could not parse %s: %s" % (onnx_path, errors))
+    plan = plan_build(version, precision, onnx_has_qdq(onnx_path), builder.platform_has_fast_fp16,
+                      builder.platform_has_fast_int8, dla_core)
+    config = builder.create_builder_config()
+    if plan["memory_pool"]:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    else:
+        config.max_workspace_size = int(workspace_mib) << 20
+    for name in plan["flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla_core)
+    inp = network.get_input(0)
+    c, h, w = input_shape
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (1, c, h, w), (max_batch, c, h, w), (max_batch, c, h, w))
+    config.add_optimization_profile(profile)
+    if plan["calibrate"]:
+        import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
+        import pycuda.driver as cuda
+
+        batches = calibration_batches(np.load(calib_path), 8)
+        config.set_calibration_profile(profile)
+        config.int8_calibrator = make_calibrator(trt, cuda, batches, cache_path, inp.name)
+    timing_cache = None
+    if timing_cache_path:
+        blob = open(timing_cache_path, "rb").read() if os.path.exists(timing_cache_path) else b""
+        timing_cache = config.create_timing_cache(blob)
+        config.set_timing_cache(timing_cache, False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TrtError("TensorRT failed to build %s (see the log above)" % onnx_path)
+    tmp = engine_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(bytes(serialized))
+    os.replace(tmp, engine_path)
+    if timing_cache is not None:
+        with open(timing_cache_path, "wb") as f:
+            f.write(bytes(timing_cache.serialize()))
+    return {"file": os.path.basename(engine_path), "precision": precision, "tensorrt": trt.__version__,
+            "device": gpu_name(), "max_batch": max_batch, "flags": plan["flags"],
+            "calibrated": plan["calibrate"], "dla_core": dla_core}
+
+
+def gpu_name():
+    try:
+        import pycuda.autoinit  # noqa: F401
+        import pycuda.driver as cuda
+
+        return cuda.Device(0).name()
+    except Exception:
+        return "unknown"
+
+
+def check_engine_matches(entry, trt_version, device):
+    """Engines are tied to one TensorRT version and one GPU: refuse anything else."""
+    if entry.get("tensorrt") != trt_version:
+        raise TrtError("engine %s was built with TensorRT %s, this device has %s: rebuild it with "
+                       "'edgekd build'" % (entry.get("file"), entry.get("tensorrt"), trt_version))
+    if entry.get("device") not in (device, "unknown"):
+        raise TrtError("engine %s was built on %s, this is %s: rebuild it with 'edgekd build'"
+                       % (entry.get("file"), entry.get("device"), device))
+
+
+class TrtEngineRunner(object):
+    """Runs one engine: page-locked host buffers, async copies on one stream, dynamic batch."""
+
+    def __init__(self, engine_path, max_batch):
+        trt = import_tensorrt()
+        import pycuda.autoinit  # noqa: F401
+        import pycuda.driver as cuda
+
+        self.trt, self.cuda = trt, cuda
+        self.version = version_tuple(trt.__version__)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with open(engine_path, "rb") as f:
+            self.engine = runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise TrtError("could not load engine %s (built for another TensorRT or GPU?)" % engine_path)
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+        self.max_batch = max_batch
+        self.names = self._io_names()
+        self.in_name, self.out_name = self.names
+        self.in_shape = tuple(self._shape(self.in_name))[1:]
+        self.out_classes = tuple(self._shape(self.out_name))[-1]
+        self.h_in = cuda.pagelocked_empty((max_batch,) + self.in_shape, np.float32)
+        self.h_out = cuda.pagelocked_empty((max_batch, self.out_classes), np.float32)
+        self.d_in = cuda.mem_alloc(self.h_in.nbytes)
+        self.d_out = cuda.mem_alloc(self.h_out.nbytes)
+
+    def _io_names(self):
+        if supports_named_tensors(self.version):
+            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+            inputs = [n for n in names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
+            outputs = [n for n in names if n not in inputs]
+        else:
+            names = [self.engine.get_binding_name(i) for i in range(self.engine.num_bindings)]
+            inputs = [n for i, n in enumerate(names) if self.engine.binding_is_input(i)]
+            outputs = [n for n in names if n not in inputs]
+        return inputs[0], outputs[0]
+
+    def _shape(self, name):
+        if supports_named_tensors(self.version):
+            return self.engine.get_tensor_shape(name)
+        return self.engine.get_binding_shape(self.engine.get_binding_index(name))
+
+    def __call__(self, x):
+        n = len(x)
+        if n > self.max_batch:
+            raise TrtError("batch %d exceeds the engine's profile (max %d)" % (n, self.max_batch))
+        self.h_in[:n] = x
+        shape = (n,) + self.in_shape
+        cuda = self.cuda
+        cuda.memcpy_htod_async(self.d_in, self.h_in[:n], self.stream)
+        if supports_named_tensors(self.version):
+            self.context.set_input_shape(self.in_name, shape)
+            self.context.set_tensor_address(self.in_name, int(self.d_in))
+            self.context.set_tensor_address(self.out_name, int(self.d_out))
+            self.context.execute_async_v3(self.stream.handle)
+        else:
+            self.context.set_binding_shape(0, shape)
+            self.context.execute_async_v2([int(self.d_in), int(self.d_out)], self.stream.handle)
+        cuda.memcpy_dtoh_async(self.h_out[:n], self.d_out, self.stream)
+        self.stream.synchronize()
+        return self.h_out[:n].copy()
+
+
+def build_bundle(bundle, verbose=False):
+    """Build an engine for every model of a TensorRT bundle and record them in its manifest."""
+    import_tensorrt()  # fail first, with the install hint, before touching anything
+    manifest_path = os.path.join(bundle, "manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    target = manifest["target"]
+    input_shape = (manifest["spec"]["in_channels"],) + tuple(manifest["spec"]["input_size"])
+    max_batch = max(target.get("batch_sizes") or [1])
+    dla = 0 if target.get("dla") else None
+    engines = []
+    for entry in manifest["models"]:
+        precision = entry["precision"]
+        if precision == "fp32":
+            precision = entry.get("build_precision") or ("fp16" if manifest["precision"] != "fp32" else "fp32")
+        stem = os.path.splitext(entry["file"])[0]
+        info = build_engine(os.path.join(bundle, entry["file"]), os.path.join(bundle, stem + ".engine"),
+                            precision, target["workspace_mib"], input_shape, max_batch,
+                            calib_path=os.path.join(bundle, "calib.npy"),
+                            cache_path=os.path.join(bundle, stem + ".calib.cache"),
+                            timing_cache_path=os.path.join(bundle, "timing.cache"), dla_core=dla, verbose=verbose)
+        info.update(role=entry["role"], onnx=entry["file"])
+        engines.append(info)
+        sys.stderr.write("built %s (%s, TensorRT %s)\n" % (info["file"], precision, info["tensorrt"]))
+    manifest["engines"] = engines
+    for e in engines:
+        path = os.path.join(bundle, e["file"])
+        manifest["files"][e["file"]] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
+    tmp = manifest_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(tmp, manifest_path)
+    return engines
+
+
+def _sha256(path):
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bench_bundle(bundle, batch_sizes=(1,), warmup_s=2.0, duration_s=10.0):
+    """Latency of every engine in the bundle (for the Nano, where edgekd itself is not installed)."""
+    with open(os.path.join(bundle, "manifest.json")) as f:
+        manifest = json.load(f)
+    trt = import_tensorrt()
+    rows = []
+    for e in manifest.get("engines", []):
+        check_engine_matches(e, trt.__version__, gpu_name())
+        runner = TrtEngineRunner(os.path.join(bundle, e["file"]), e["max_batch"])
+        for bs in batch_sizes:
+            x = np.random.RandomState(0).standard_normal((bs,) + runner.in_shape).astype(np.float32)
+            end = time.time() + warmup_s
+            while time.time() < end:
+                runner(x)
+            samples = []
+            end = time.time() + duration_s
+            while time.time() < end or len(samples) < 10:
+                t0 = time.perf_counter()
+                runner(x)
+                samples.append((time.perf_counter() - t0) * 1e3)
+            ms = np.asarray(samples)
+            rows.append({"engine": e["file"], "role": e["role"], "precision": e["precision"], "batch_size": bs,
+                         "mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
+                         "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+                         "throughput_ips": bs * 1000.0 / float(ms.mean())})
+    return rows
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2 or argv[0] not in ("build", "bench"):
+        sys.stderr.write("usage: edgekd_trt.py build|bench BUNDLE_DIR\n")
+        return 2
+    try:
+        if argv[0] == "build":
+            build_bundle(argv[1], verbose="--verbose" in argv)
+        else:
+            print(json.dumps(bench_bundle(argv[1]), indent=2))
+    except TrtError as e:
+        sys.stderr.write("error: %s\n" % e)
+        return 6
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
