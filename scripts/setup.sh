@@ -15,7 +15,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.edgekd-$(cat pyproject.toml "$pins" | sha256sum | cut -c1-12)"
-if [ ! -f "$stamp" ] || ! "$VENV/bin/python" -c "import edgekd" 2>/dev/null; then
+# Reinstall when the dependencies changed or the editable install points at another checkout.
+here=$(pwd)
+if [ ! -f "$stamp" ] || ! (cd / && "$VENV/bin/python" -c "import edgekd, sys; sys.exit(not edgekd.__file__.startswith('$here/'))") 2>/dev/null; then
   "$VENV/bin/pip" install -q -c "$pins" torch torchvision 2> >(grep -v "is ignored: it is neither" >&2)
   "$VENV/bin/pip" install -q -c "$pins" -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$stamp"
