@@ -73,12 +73,12 @@ def main() -> None:
     device = "cuda" if args.device == "cuda" else "cpu-" + ("amx" if "amx_bf16" in cpu_flags() else
                                                          "avx512bf16" if "avx512_bf16" in cpu_flags() else "plain")
     out = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "command": "python " + " ".join(sys.argv), "method": "adversarial (1 G step + 10 S steps per iteration)",
+           "command": "python " + " ".join(sys.argv), "method": "adversarial (1 G step + 20 S steps per iteration)",
            "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"speed-{device}.json").write_text(json.dumps(out, indent=2) + "\n")
     md = [f"# Distillation speed on {device} (torch {torch.__version__}, {out['threads']} threads)", "",
-          f"Command: `{out['command']}`. One iteration = 1 generator step + 10 student steps (default method).", "",
+          f"Command: `{out['command']}`. One iteration = 1 generator step + 20 student steps (default method).", "",
           "| teacher -> student | input | batch | precision | channels_last | it/s | synthetic img/s | speed-up |",
           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
