@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=120)
     ap.add_argument("--variant", action="append", required=True, help="'base' or comma-separated key=value")
     ap.add_argument("--out", default="benchmarks/results/tuning.jsonl")
+    ap.add_argument("--mean", type=float, help="input normalisation of a state_dict teacher")
+    ap.add_argument("--std", type=float)
     args = ap.parse_args()
     path = demo_teacher_path() if args.teacher == "demo" else Path(args.teacher)
     data = load_dataset(args.data)
@@ -41,7 +43,8 @@ def main() -> None:
         cfg = resolve_config(args.method, overrides={"student": args.student, "time_budget": args.budget,
                                                      "eval_every_s": 30, **sets})
         t0 = time.time()
-        result = distill(load_model(path), cfg, Path("/tmp/edgekd-tune") / variant.replace(",", "_"), data)
+        overrides = {"mean": (args.mean,), "std": (args.std,)} if args.mean is not None else {}
+        result = distill(load_model(path, spec_overrides=overrides), cfg, Path("/tmp/edgekd-tune") / variant.replace(",", "_"), data)
         row = {"teacher": args.teacher_name or path.name, "method": args.method, "student": args.student,
                "variant": variant, "budget_s": args.budget, "steps": result.steps,
                "accuracy": round(result.metrics["accuracy"], 4),
