@@ -11,7 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-from edgekd.errors import InputFileError
+from edgekd.errors import InputFileError, UsageError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - older Pythons
+    import tomli as tomllib  # type: ignore[no-redef]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -77,3 +82,14 @@ def sha256_file(path: PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_toml(path: PathLike, what: str) -> Any:
+    """Parse a TOML file; unreadable or invalid files are one-line usage errors naming `what`."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{what} {path} is not valid TOML: {e}") from None

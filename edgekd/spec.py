@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from edgekd.errors import UsageError
 
@@ -104,18 +104,3 @@ def parse_floats(text: Optional[str]) -> Optional[Tuple[float, ...]]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"{text!r} is not a comma-separated list of numbers") from None
-
-
-def merge_spec(base: ModelSpec, input_size: Optional[str] = None, mean: Optional[str] = None,
-               std: Optional[str] = None, labels: Optional[Sequence[str]] = None) -> ModelSpec:
-    """Apply CLI overrides to a spec."""
-    changes: Dict[str, Any] = {}
-    if input_size:
-        changes["input_size"] = parse_input_size(input_size)
-    if mean:
-        changes["mean"] = parse_floats(mean)
-    if std:
-        changes["std"] = parse_floats(std)
-    if labels:
-        changes["labels"] = tuple(labels)
-    return base.with_(**changes) if changes else base

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict
 
 from edgekd.errors import InputFileError
+from edgekd.fileio import sha256_file
 
 BUNDLE_FORMAT = "edgekd-bundle"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(bundle: Path, verify: bool = True) -> Dict[str, Any]:
@@ -37,7 +29,7 @@ def load_manifest(bundle: Path, verify: bool = True) -> Dict[str, Any]:
             f = bundle / name
             if not f.exists():
                 raise InputFileError(f"{bundle}: {name} is missing: copy the whole bundle directory again")
-            if _sha256(f) != info["sha256"]:
+            if sha256_file(f) != info["sha256"]:
                 raise InputFileError(f"{bundle}: {name} does not match its sha256 in manifest.json "
                                      "(tampered or corrupt): copy or export the bundle again")
     return manifest

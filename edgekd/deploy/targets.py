@@ -8,11 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from edgekd.errors import UsageError
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - older Pythons on the device side
-    import tomli as tomllib  # type: ignore[no-redef]
+from edgekd.fileio import read_toml
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 RUNTIMES = ("onnxruntime", "tensorrt")
@@ -77,13 +73,7 @@ def _validate(d: Dict[str, Any], source: str) -> Target:
 
 
 def load_target_file(path: Path) -> Target:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise UsageError(f"cannot read target file {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"target file {path} is not valid TOML: {e}") from None
+    data = read_toml(path, "target file")
     return _validate(data, str(path))
 
 

@@ -11,11 +11,7 @@ from typing import Any, Dict, Iterable, Optional
 from edgekd.distill.losses import DIVERGENCES
 from edgekd.distill.presets import DEFAULT_METHOD, PRESETS
 from edgekd.errors import UsageError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[no-redef]
+from edgekd.fileio import read_toml
 
 
 @dataclass
@@ -138,13 +134,7 @@ def parse_sets(items: Iterable[str]) -> Dict[str, Any]:
 
 
 def load_config_file(path: Path) -> Dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise UsageError(f"cannot read config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"config {path} is not valid TOML: {e}") from None
+    data = read_toml(path, "config")
     return {k: _coerce(k, v) for k, v in data.items()}
 
 
