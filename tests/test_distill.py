@@ -136,3 +136,14 @@ def test_config_resolution_and_errors(tmp_path):
     cfg = resolve_config("dafl", load_config_file(tmp_path / "c.toml"), {"iterations": 1})
     assert cfg.method == "zskt" and cfg.w_at == 100 and cfg.s_steps == 10
     assert math.isclose(PRESETS["dafl"]["w_bal"], 5 / math.log(10))
+
+
+def test_collapse_is_detected_and_generator_reinitialised(tmp_path, demo):
+    loaded = load_model(demo)
+    with torch.no_grad():
+        loaded.model.fc.bias[0] = 1e4  # this teacher calls everything class 0: a collapsed synthesis
+    cfg = resolve_config("dfad", overrides=dict(FAST, iterations=6, collapse_patience=3, s_steps=1))
+    result = distill(loaded, cfg, tmp_path / "run")
+    assert sum("collapsed to one class" in e for e in result.events) == 2, result.events
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["events"] == result.events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Optional
@@ -72,4 +73,10 @@ def export_cmd(
         console.print(f"accuracy on {c['on']}: FP32 {c['fp32_accuracy']:.2%} -> INT8 {c['int8_accuracy']:.2%} "
                       f"(drop {c['accuracy_drop']:+.2%})")
     console.print(f"calibration: {m['calibration']['count']} images from {m['calibration']['source']}")
+    if tgt.runtime == "tensorrt" and importlib.util.find_spec("tensorrt") is not None:
+        # Running on the device itself (or a workstation with TensorRT): build the engines now.
+        from edgekd.cli.build_cmd import build_cmd
+
+        build_cmd(bundle_dir, verbose=False)
+        return
     console.print(f"next: edgekd bench {bundle_dir}")
