@@ -82,3 +82,12 @@ def test_debug_env_shows_traceback(tmp_path):
 def test_real_subprocess_models():
     proc = subprocess.run([sys.executable, "-m", "edgekd", "models"], capture_output=True, text=True)
     assert proc.returncode == 0 and "lenet5-half" in proc.stdout
+
+
+def test_inspect_with_labels_and_wrong_label_count(tmp_path):
+    torch.save(create_model("lenet5", 3, 1).state_dict(), tmp_path / "sd.pt")
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    result = runner.invoke(app, ["inspect", str(tmp_path / "sd.pt"), "--labels", str(tmp_path / "labels.txt"), "--json"])
+    assert json.loads(result.output)["labels"] == ["cat", "dog", "bird"]
+    result = runner.invoke(app, ["inspect", str(tmp_path / "sd.pt"), "--labels", "cat,dog"])
+    assert result.exit_code == 2 and "2 labels given for 3 classes" in result.output

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from edgekd.cli.app import app, console
-from edgekd.cli.options import INPUT_SIZE, MEAN, NUM_CLASSES, STD, TEACHER_ARCH, TRUST_PICKLE, spec_overrides
+from edgekd.cli.options import INPUT_SIZE, LABELS, MEAN, NUM_CLASSES, STD, TEACHER_ARCH, TRUST_PICKLE, spec_overrides
 from edgekd.errors import Interrupted
 
 DEMO = "demo"
@@ -53,6 +53,7 @@ def distill_cmd(
     mean: Optional[str] = MEAN,
     std: Optional[str] = STD,
     num_classes: Optional[int] = NUM_CLASSES,
+    labels: Optional[str] = LABELS,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Distil TEACHER into a compact student with no training data (GAN-based data-free KD)."""
@@ -63,7 +64,7 @@ def distill_cmd(
     from edgekd.models.checkpoint import load_model
 
     teacher_path = demo_teacher_path() if teacher == DEMO else Path(teacher)
-    loaded = load_model(teacher_path, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, num_classes))
+    loaded = load_model(teacher_path, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, num_classes, labels))
     if student is None:
         student = "lenet5-half" if max(loaded.spec.input_size) <= 64 else "mobilenet_v2"
     overrides = {"student": student, "seed": seed, "device": device, "precision": precision}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
 
 import typer
 
@@ -13,12 +14,22 @@ TRUST_PICKLE = typer.Option(False, "--trust-pickle", help="Allow loading a fully
 INPUT_SIZE = typer.Option(None, "--input-size", help="Input size, e.g. 224 or 224x160 (default: from the checkpoint, else the architecture's: 224 torchvision, 32 built-ins).")
 MEAN = typer.Option(None, "--mean", help="Per-channel mean of the input normalisation, e.g. 0.485,0.456,0.406 (default: ImageNet's for RGB, 0.5 otherwise).")
 STD = typer.Option(None, "--std", help="Per-channel std of the input normalisation (default: ImageNet's for RGB, 0.5 otherwise).")
+LABELS = typer.Option(None, "--labels", help="Class names: a text file with one per line, or a comma-separated list.")
 NUM_CLASSES = typer.Option(None, "--num-classes", help="Expected class count; an error if the weights disagree.")
 
 
+def parse_labels(text: str) -> Tuple[str, ...]:
+    path = Path(text)
+    if path.is_file():
+        return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    return tuple(v.strip() for v in text.split(","))
+
+
 def spec_overrides(input_size: Optional[str], mean: Optional[str], std: Optional[str],
-                   num_classes: Optional[int] = None) -> Dict[str, Any]:
+                   num_classes: Optional[int] = None, labels: Optional[str] = None) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
+    if labels:
+        out["labels"] = parse_labels(labels)
     if input_size:
         out["input_size"] = parse_input_size(input_size)
     if mean:
