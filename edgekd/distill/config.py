@@ -51,6 +51,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     replay_size: int = 0  # images kept from recent batches; 0 disables replay
     replay_fraction: float = 0.0  # share of each student batch drawn from replay memory
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the student
     # robustness and logging
     eval_every_s: float = 20.0
     eval_images: int = 10000
@@ -87,6 +88,8 @@ class DistillConfig:
             raise UsageError("lr_schedule must be cosine or constant")
         if not 0 <= self.replay_fraction < 1:
             raise UsageError("replay_fraction must be in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError("ema_decay must be in [0, 1)")
         if self.g_steps < 1 or self.s_steps < 1:
             raise UsageError("g_steps and s_steps must be >= 1")
         return self

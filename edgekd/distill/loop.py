@@ -70,13 +70,21 @@ class _Models:
     opt_g: torch.optim.Optimizer
     opt_s: torch.optim.Optimizer
     opt_d: Optional[torch.optim.Optimizer]
+    ema: Optional[nn.Module] = None  # exponential moving average of the student's weights
 
     def trainable(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"generator": self.generator, "student": self.student,
                                "opt_g": self.opt_g, "opt_s": self.opt_s}
         if self.disc is not None:
             out.update(disc=self.disc, opt_d=self.opt_d)
+        if self.ema is not None:
+            out.update(ema=self.ema)
         return out
+
+    @property
+    def final_student(self) -> nn.Module:
+        """What is evaluated and saved: the EMA student when enabled."""
+        return self.ema if self.ema is not None else self.student
 
     def state_dict(self) -> Dict[str, Any]:
         return {k: v.state_dict() for k, v in self.trainable().items()}
@@ -169,6 +177,9 @@ class Distiller:
             opt_s=_OPTIMIZERS[cfg.s_optimizer](s.parameters(), cfg, cfg.lr_s),
             opt_d=torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999)) if d is not None else None,
         )
+        if cfg.ema_decay > 0:
+            self.m.ema = copy.deepcopy(s).requires_grad_(False)
+        self.ema_updates = 0
         self._hooks(t, s)
         self.memory = ReplayMemory(cfg.replay_size if cfg.replay_fraction > 0 else 0, self.spec.input_shape, k, dev)
         self.scalers = {name: torch.amp.GradScaler(dev.type, enabled=self.plan.needs_grad_scaler)
@@ -306,7 +317,20 @@ class Distiller:
             self.scalers["d"].update()
             terms["loss_d"] = d_loss
         terms["loss_s"] = loss
+        self._update_ema()
         return {k: v.detach() for k, v in terms.items()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Polyak averaging of the student: smooths the step-to-step wobble of adversarial training."""
+        ema = self.m.ema
+        if ema is None:
+            return
+        self.ema_updates += 1
+        decay = min(self.cfg.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        torch._foreach_lerp_(list(ema.parameters()), list(self.m.student.parameters()), 1 - decay)
+        for b_ema, b in zip(ema.buffers(), self.m.student.buffers()):
+            b_ema.copy_(b)
 
     def _iteration(self) -> Dict[str, float]:
         cfg = self.cfg
@@ -367,7 +391,7 @@ class Distiller:
         synthetic images always."""
         result: Dict[str, float] = {}
         if self.eval_x is not None:
-            pred = self._predict(self.m.student, self.eval_x)
+            pred = self._predict(self.m.final_student, self.eval_x)
             result["accuracy"] = float((pred == self.eval_y).float().mean())
             if self.teacher_accuracy is None:
                 t_pred = self._predict(self.m.teacher, self.eval_x)
@@ -376,7 +400,8 @@ class Distiller:
         gen = copy.deepcopy(self.m.generator).train()  # batch statistics, like training; G itself untouched
         with torch.no_grad(), self.plan.autocast():
             x = torch.cat([gen(self.eval_z[i:i + 256]) for i in range(0, len(self.eval_z), 256)]).float()
-        result["agreement_synthetic"] = float((self._predict(self.m.student, x) == self._predict(self.m.teacher, x)).float().mean())
+        agree = self._predict(self.m.final_student, x) == self._predict(self.m.teacher, x)
+        result["agreement_synthetic"] = float(agree.float().mean())
         self.m.student.train()
         return result
 
@@ -399,6 +424,7 @@ class Distiller:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.plan.device.type == "cuda" else None,
             "lr_scale": self.lr_scale, "collapse_run": self.collapse_run, "events": self.events,
+            "ema_updates": self.ema_updates,
             "teacher_sha256": self.teacher_info.sha256, "config": self.cfg.to_dict(),
         }
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
@@ -428,6 +454,7 @@ class Distiller:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.lr_scale, self.collapse_run = float(state["lr_scale"]), int(state["collapse_run"])
         self.events = list(state["events"])
+        self.ema_updates = int(state.get("ema_updates", 0))
         # Metrics logged after the checkpoint belong to the lost future: drop them.
         log = self.run_dir / "metrics.jsonl"
         if log.exists():
@@ -480,7 +507,7 @@ class Distiller:
                 self.elapsed += time.perf_counter() - tick
                 tick = time.perf_counter()
                 self.step += 1
-                finite = all(math.isfinite(v) for v in losses.values()) and _finite_params(self.m.student)
+                finite = all(math.isfinite(v) for v in losses.values()) and _finite_params(self.m.final_student)
                 if not finite:
                     bad = sorted(k for k, v in losses.items() if not math.isfinite(v)) or ["student weights"]
                     self._recover(f"non-finite {', '.join(bad)}")
@@ -508,15 +535,15 @@ class Distiller:
                     interrupted = True
                     break
         self.progress.stop()
-        if not _finite_params(self.m.student) and self.snapshot is not None:
+        if not _finite_params(self.m.final_student) and self.snapshot is not None:
             self.m.load_state_dict(copy.deepcopy(self.snapshot))
         self.save_checkpoint()
         if not latest or interrupted:
             latest = self.evaluate()
         student_path = self.run_dir / "student.pt"
-        save_checkpoint(student_path, self.m.student.float().to(memory_format=torch.contiguous_format).cpu(),
+        save_checkpoint(student_path, self.m.final_student.float().to(memory_format=torch.contiguous_format).cpu(),
                         self._student_spec(), self.provenance())
-        self.m.student.to(self.plan.device)
+        self.m.final_student.to(self.plan.device)
         if not interrupted:
             from edgekd.distill.artifacts import write_artifacts
 

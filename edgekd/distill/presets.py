@@ -31,7 +31,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                 lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=0, replay_fraction=0.0),
     "adversarial": dict(w_adv=1.0, w_bn=1.0, w_oh=1.0, w_bal=5.0, w_act=0.1, w_at=0.0, w_gan=0.1,
                         gen_width=64, adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=1, s_steps=20, shared_batch=True,
-                        lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=16384, replay_fraction=0.5),
+                        lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=16384, replay_fraction=0.5,
+                        ema_decay=0.999),
 }
 
 DEFAULT_METHOD = "adversarial"
