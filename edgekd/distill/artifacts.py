@@ -74,6 +74,7 @@ def _plot_samples(d: Distiller, synth: Dict[str, np.ndarray], per_class: int = 8
     imgs = _denormalise(x, spec.mean, spec.std)
     for r, c in enumerate(rows):
         idx = np.where(pred == c)[0]
+        total = len(idx)
         idx = idx[np.argsort(-conf[idx])][:per_class]
         for j in range(per_class):
             ax = axes[r][j]
@@ -82,7 +83,7 @@ def _plot_samples(d: Distiller, synth: Dict[str, np.ndarray], per_class: int = 8
                 im = imgs[idx[j]]
                 ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None)
         name = spec.labels[c] if spec.labels else str(c)
-        axes[r][0].set_title(f"{name} ({len(idx)})", fontsize=6, loc="left")
+        axes[r][0].set_title(f"{name} ({total} of {len(x)})", fontsize=6, loc="left")
     fig.suptitle("synthetic images by teacher class", fontsize=8)
     fig.tight_layout()
     with atomic_path(d.run_dir / "samples.png") as tmp:
