@@ -55,6 +55,7 @@ class DistillConfig:
     # robustness and logging
     eval_every_s: float = 20.0
     eval_images: int = 10000
+    eval_synthetic: int = 0  # held-out synthetic images for agreement; 0: by input size (1024 at 32x32)
     checkpoint_every_s: float = 60.0
     checkpoint_every: int = 0  # also every N steps when > 0 (tests)
     snapshot_every: int = 25  # in-memory last-good state for NaN recovery

@@ -201,8 +201,11 @@ class Distiller:
             self.eval_y = torch.from_numpy(sub.labels).to(dev)
             self.eval_source = sub.source
         # Held-out synthetic images for agreement: fixed latents, never trained on.
+        # Fewer for large inputs (64 at 224x224), so evaluation stays a small share of the budget.
+        h, w = self.spec.input_size
+        n_eval = cfg.eval_synthetic or max(64, min(1024, 1024 * 1024 // (h * w)))
         gen = torch.Generator().manual_seed(cfg.seed + 10_007)
-        self.eval_z = torch.randn(1024, cfg.latent_dim, generator=gen).to(dev)
+        self.eval_z = torch.randn(n_eval, cfg.latent_dim, generator=gen).to(dev)
 
     # ---------------------------------------------------------------- set-up helpers
     def _hooks(self, t: nn.Module, s: nn.Module) -> None:
