@@ -65,7 +65,6 @@ def _register() -> None:
     from edgekd.cli import bench_cmd, build_cmd, distill_cmd, export_cmd, info_cmd  # noqa: F401
 
 
-
 _register()
 
 

@@ -194,6 +194,7 @@ class Distiller:
         self.eval_x: Optional[torch.Tensor] = None
         self.eval_y: Optional[torch.Tensor] = None
         self.teacher_accuracy: Optional[float] = None
+        self.teacher_pred_real: Optional[torch.Tensor] = None
         if eval_data is not None:
             check_dataset_fits(eval_data, self.spec)
             sub = eval_data.take(cfg.eval_images)
@@ -396,10 +397,10 @@ class Distiller:
         if self.eval_x is not None:
             pred = self._predict(self.m.final_student, self.eval_x)
             result["accuracy"] = float((pred == self.eval_y).float().mean())
-            if self.teacher_accuracy is None:
-                t_pred = self._predict(self.m.teacher, self.eval_x)
-                self.teacher_accuracy = float((t_pred == self.eval_y).float().mean())
-            result["agreement_real"] = float((pred == self._teacher_pred_real()).float().mean())
+            if self.teacher_pred_real is None:  # the teacher is frozen: predict the real set once
+                self.teacher_pred_real = self._predict(self.m.teacher, self.eval_x)
+                self.teacher_accuracy = float((self.teacher_pred_real == self.eval_y).float().mean())
+            result["agreement_real"] = float((pred == self.teacher_pred_real).float().mean())
         gen = copy.deepcopy(self.m.generator).train()  # batch statistics, like training; G itself untouched
         with torch.no_grad(), self.plan.autocast():
             x = torch.cat([gen(self.eval_z[i:i + 256]) for i in range(0, len(self.eval_z), 256)]).float()
@@ -407,11 +408,6 @@ class Distiller:
         result["agreement_synthetic"] = float(agree.float().mean())
         self.m.student.train()
         return result
-
-    def _teacher_pred_real(self) -> torch.Tensor:
-        if not hasattr(self, "_t_pred_real"):
-            self._t_pred_real = self._predict(self.m.teacher, self.eval_x)
-        return self._t_pred_real
 
     # ---------------------------------------------------------------- persistence
     def _log(self, record: Dict[str, Any]) -> None:
