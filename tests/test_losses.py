@@ -30,6 +30,20 @@ def test_bn_statistics_loss():
     assert abs(L.bn_statistics_loss(stats).item() - 2 * math.sqrt(2)) < 1e-6
 
 
+def test_bn_gaussian_kl_loss():
+    # channel 0: N(1, 2) vs N(0, 1): 0.5 * (2 + 1 - 1 - ln 2); channel 1 matches: 0. Mean over channels.
+    stats = [(torch.tensor([1.0, 0.0]), torch.tensor([2.0, 1.0]), torch.zeros(2), torch.ones(2))]
+    want = 0.5 * (0.5 * (2 + 1 - 1 - math.log(2)))
+    assert abs(L.bn_gaussian_kl_loss(stats).item() - want) < 1e-6
+    # scale-free: the same mismatch in a layer with 100x the running variance scores the same
+    scaled = [(torch.tensor([10.0, 0.0]), torch.tensor([200.0, 100.0]), torch.zeros(2), torch.full((2,), 100.0))]
+    assert abs(L.bn_gaussian_kl_loss(scaled).item() - want) < 1e-5
+    # two layers add up; a zero variance is clamped instead of giving inf
+    assert abs(L.bn_gaussian_kl_loss(stats * 2).item() - 2 * want) < 1e-6
+    dead = [(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.ones(1))]
+    assert math.isfinite(L.bn_gaussian_kl_loss(dead).item())
+
+
 def test_kl_and_tau_squared():
     s = torch.tensor([[0.0, 0.0]])
     t = torch.tensor([[math.log(3.0), 0.0]])  # p_t = (0.75, 0.25)

@@ -89,7 +89,7 @@ def _synthetic_sets(src: _Source, count: int, seed: int) -> Dict[str, np.ndarray
     if path is None or not path.exists():
         return {}
     state = torch.load(path, map_location="cpu", weights_only=True)
-    g = Generator(state["latent_dim"], tuple(state["out_shape"]), state["base_channels"])
+    g = Generator.from_description(state)
     g.load_state_dict(state["state_dict"])
     judge = (src.teacher or src.student).model.float().cpu().eval()
     calib = synthesize(g, judge, count, seed)

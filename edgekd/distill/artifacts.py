@@ -20,9 +20,7 @@ def write_artifacts(d: Distiller) -> None:
     run = d.run_dir
     g = d.m.generator
     with atomic_path(run / "generator.pt") as tmp:
-        torch.save({"state_dict": {k: v.cpu() for k, v in g.state_dict().items()},
-                    "latent_dim": g.latent_dim, "out_shape": list(g.out_shape),
-                    "base_channels": g.base_channels}, tmp)
+        torch.save({"state_dict": {k: v.cpu() for k, v in g.state_dict().items()}, **g.describe()}, tmp)
     teacher = d.m.teacher.float().to(memory_format=torch.contiguous_format)
     synth = synthesize(g, teacher, d.cfg.calib_images, seed=d.cfg.seed + 20_011)
     with atomic_path(run / "calib.npz") as tmp:

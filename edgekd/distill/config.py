@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
-from edgekd.distill.losses import DIVERGENCES
+from edgekd.distill.generator import OUTPUTS as GEN_OUTPUTS
+from edgekd.distill.losses import BN_LOSSES, DIVERGENCES
 from edgekd.distill.presets import DEFAULT_METHOD, PRESETS
 from edgekd.errors import UsageError
 from edgekd.fileio import read_toml
@@ -23,6 +24,7 @@ class DistillConfig:
     batch_size: int = 256
     latent_dim: int = 100
     gen_width: int = 128  # generator base channels (DAFL: 128)
+    gen_output: str = "bn"  # bn: DAFL's whitened output | pixel: [0, 1] pixels in the teacher's normalisation
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -36,6 +38,7 @@ class DistillConfig:
     w_at: float = 0.0
     w_gan: float = 0.0
     adv_loss: str = "kl"
+    bn_loss: str = "l2"  # l2: DeepInversion/DFQ's norm | kl: per-layer Gaussian KL (scale-free)
     kd_loss: str = "kl"
     tau: float = 1.0
     # schedule
@@ -81,6 +84,8 @@ class DistillConfig:
         for key in ("adv_loss", "kd_loss"):
             if getattr(self, key) not in DIVERGENCES:
                 raise UsageError(f"{key} must be one of {', '.join(DIVERGENCES)}")
+        if self.bn_loss not in BN_LOSSES:
+            raise UsageError(f"bn_loss must be one of {', '.join(BN_LOSSES)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UsageError("--precision must be auto, fp32, bf16 or fp16")
         if self.s_optimizer not in ("adam", "sgd"):
@@ -91,6 +96,8 @@ class DistillConfig:
             raise UsageError("replay_fraction must be in [0, 1)")
         if not 0 <= self.ema_decay < 1:
             raise UsageError("ema_decay must be in [0, 1)")
+        if self.gen_output not in GEN_OUTPUTS:
+            raise UsageError(f"gen_output must be one of {', '.join(GEN_OUTPUTS)}")
         if self.g_steps < 1 or self.s_steps < 1:
             raise UsageError("g_steps and s_steps must be >= 1")
         return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,14 +18,26 @@ class Generator(nn.Module):
     and an affine-free BatchNorm, which puts every channel at mean 0 / variance 1: the statistics of
     normalised real inputs. For 32x32 this is exactly DAFL's network (two stages, 128 -> 128 -> 64).
     Wider images get more stages with halving widths, so 224x224 stays affordable.
+
+    output="bn" is DAFL's head (mean 0 / variance 1 per channel). That is right only when the
+    teacher's normalisation whitens its data; with the common mean=std=0.5 it is not (normalised
+    MNIST has mean -0.74 and never leaves [-1, 1]), so output="pixel" instead makes pixels in [0, 1]
+    (affine BN, then sigmoid) and applies the teacher's own (p - mean) / std: every image is one a
+    camera could deliver, whatever normalisation the teacher was trained with.
     """
 
-    def __init__(self, latent_dim: int, out_shape: Tuple[int, int, int], base_channels: int = 128) -> None:
+    def __init__(self, latent_dim: int, out_shape: Tuple[int, int, int], base_channels: int = 128,
+                 output: str = "bn", mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> None:
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"generator output must be one of {OUTPUTS}, not {output!r}")
         c, h, w = out_shape
         self.latent_dim = latent_dim
         self.base_channels = base_channels
         self.out_shape = (c, h, w)
+        self.output = output
+        self.register_buffer("mean", _per_channel(mean, c), persistent=False)
+        self.register_buffer("std", _per_channel(std, c), persistent=False)
         n_up = max(2, math.ceil(math.log2(max(h, w) / 8)))
         self.init_hw = (math.ceil(h / 2 ** n_up), math.ceil(w / 2 ** n_up))
         self.fc = nn.Linear(latent_dim, base_channels * self.init_hw[0] * self.init_hw[1])
@@ -43,11 +55,31 @@ class Generator(nn.Module):
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.head = nn.Conv2d(cin, c, 3, 1, 1)
-        self.out_bn = nn.BatchNorm2d(c, affine=False)
+        self.out_bn = nn.BatchNorm2d(c, affine=output == "pixel")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(z.shape[0], -1, *self.init_hw)
         x = self.stages(self.bn0(x))
         if x.shape[-2:] != self.out_shape[1:]:
             x = F.interpolate(x, size=self.out_shape[1:], mode="bilinear", align_corners=False)
+        if self.output == "pixel":
+            return (torch.sigmoid(self.out_bn(self.head(x))) - self.mean) / self.std
         return self.out_bn(torch.tanh(self.head(x)))
+
+    def describe(self) -> Dict[str, Any]:
+        """Everything `from_description` needs besides the weights (saved in generator.pt)."""
+        return {"latent_dim": self.latent_dim, "out_shape": list(self.out_shape), "base_channels": self.base_channels,
+                "output": self.output, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+    @classmethod
+    def from_description(cls, d: Dict[str, Any]) -> Generator:
+        return cls(d["latent_dim"], tuple(d["out_shape"]), d["base_channels"], d.get("output", "bn"),
+                   d.get("mean", (0.0,)), d.get("std", (1.0,)))
+
+
+OUTPUTS = ("bn", "pixel")
+
+
+def _per_channel(values: Sequence[float], c: int) -> torch.Tensor:
+    t = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    return (t.expand(c) if t.numel() == 1 else t).reshape(1, c, 1, 1).clone()

@@ -167,7 +167,8 @@ class Distiller:
         for p in t.parameters():
             p.requires_grad_(False)
         s = create_model(cfg.student, k, self.spec.in_channels).to(dev)
-        g = Generator(cfg.latent_dim, self.spec.input_shape, cfg.gen_width).to(dev)
+        g = Generator(cfg.latent_dim, self.spec.input_shape, cfg.gen_width, cfg.gen_output,
+                      self.spec.mean, self.spec.std).to(dev)
         if self.plan.channels_last:
             t, s, g = (m.to(memory_format=torch.channels_last) for m in (t, s, g))
         d = Discriminator(k).to(dev) if cfg.w_gan > 0 else None
@@ -252,7 +253,7 @@ class Distiller:
         if cfg.w_bal:
             terms["bal"] = L.balance_loss(t_logits)
         if cfg.w_bn:
-            terms["bn"] = L.bn_statistics_loss(self.bn_hook.pop())
+            terms["bn"] = L.BN_LOSSES[cfg.bn_loss](self.bn_hook.pop())
         if cfg.w_adv:
             terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
         weights = {"oh": cfg.w_oh, "act": cfg.w_act, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv}
