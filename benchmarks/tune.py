@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/tuning.jsonl")
     ap.add_argument("--mean", type=float, help="input normalisation of a state_dict teacher")
     ap.add_argument("--std", type=float)
+    ap.add_argument("--input-size", type=int, help="input side of a TorchScript teacher")
     args = ap.parse_args()
     path = demo_teacher_path() if args.teacher == "demo" else Path(args.teacher)
     data = load_dataset(args.data)
@@ -44,6 +45,8 @@ def main() -> None:
                                                      "eval_every_s": 30, **sets})
         t0 = time.time()
         overrides = {"mean": (args.mean,), "std": (args.std,)} if args.mean is not None else {}
+        if args.input_size:
+            overrides["input_size"] = (args.input_size, args.input_size)
         result = distill(load_model(path, spec_overrides=overrides), cfg, Path("/tmp/edgekd-tune") / variant.replace(",", "_"), data)
         row = {"teacher": args.teacher_name or path.name, "method": args.method, "student": args.student,
                "variant": variant, "budget_s": args.budget, "steps": result.steps,

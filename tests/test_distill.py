@@ -48,6 +48,32 @@ def test_each_preset_runs_on_a_bn_teacher(tmp_path, method):
     assert calib["x"].shape == (32, 3, 16, 16) and np.isfinite(calib["x"]).all()
 
 
+def test_generator_and_replay_options_run_and_travel_to_export(tmp_path):
+    cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 3, "student": "resnet18-cifar", "s_steps": 2,
+                                                   "gen_output": "pixel", "bn_loss": "kl",
+                                                   "replay_policy": "reservoir", "replay_size": 32})
+    result = distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
+    assert result.steps == 3
+    bn = [r["bn"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "bn" in r]
+    assert bn and all(math.isfinite(v) for v in bn)
+    state = torch.load(tmp_path / "run" / "generator.pt", weights_only=True)
+    assert state["output"] == "pixel" and state["mean"] == [0.5] * 3
+    x = np.load(tmp_path / "run" / "calib.npz")["x"]
+    assert x.min() >= -1 - 1e-5 and x.max() <= 1 + 1e-5  # (0 - 0.5) / 0.5 .. (1 - 0.5) / 0.5
+
+
+def test_student_that_cannot_take_the_input_size_is_a_usage_error(tmp_path):
+    cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 1, "student": "lenet5"})
+    with pytest.raises(UsageError, match="student lenet5 cannot take the teacher's 3x16x16 input"):
+        distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("key", ["gen_output", "bn_loss", "replay_policy"])
+def test_choice_options_are_validated(key):
+    with pytest.raises(UsageError, match=key):
+        resolve_config("adversarial", overrides={"iterations": 1, key: "nonsense"})
+
+
 def test_bn_weight_dropped_for_teacher_without_bn(tmp_path, demo):
     cfg = resolve_config("dfq", overrides={**FAST, "iterations": 1})
     distill(load_model(demo), cfg, tmp_path / "run")

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, Optional
 from edgekd.distill.generator import OUTPUTS as GEN_OUTPUTS
 from edgekd.distill.losses import BN_LOSSES, DIVERGENCES
 from edgekd.distill.presets import DEFAULT_METHOD, PRESETS
+from edgekd.distill.replay import POLICIES as REPLAY_POLICIES
 from edgekd.errors import UsageError
 from edgekd.fileio import read_toml
 
@@ -54,6 +55,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     replay_size: int = 0  # images kept from recent batches; 0 disables replay
     replay_fraction: float = 0.0  # share of each student batch drawn from replay memory
+    replay_policy: str = "fifo"  # fifo: the most recent images | reservoir: a uniform sample of the whole run
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the student
     # robustness and logging
     eval_every_s: float = 20.0
@@ -84,6 +86,8 @@ class DistillConfig:
         for key in ("adv_loss", "kd_loss"):
             if getattr(self, key) not in DIVERGENCES:
                 raise UsageError(f"{key} must be one of {', '.join(DIVERGENCES)}")
+        if self.replay_policy not in REPLAY_POLICIES:
+            raise UsageError(f"replay_policy must be one of {', '.join(REPLAY_POLICIES)}")
         if self.bn_loss not in BN_LOSSES:
             raise UsageError(f"bn_loss must be one of {', '.join(BN_LOSSES)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -139,6 +139,19 @@ def _finite_params(module: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in module.parameters())
 
 
+def _check_student_takes(student: nn.Module, name: str, spec: ModelSpec) -> None:
+    """A student too deep for the teacher's input size (LeNet-5 needs >= 32x32) fails here, in one line,
+    not as a convolution error in the middle of the first step."""
+    try:
+        with torch.no_grad():
+            student.eval()(torch.zeros(2, *spec.input_shape, device=next(student.parameters()).device))
+    except RuntimeError as e:
+        size = "x".join(map(str, spec.input_shape))
+        raise UsageError(f"student {name} cannot take the teacher's {size} input ({str(e).splitlines()[0][:80]}): "
+                         "choose another --student (edgekd models lists them)") from None
+    student.train()
+
+
 def _reset_weights(module: nn.Module) -> None:
     for m in module.modules():
         if hasattr(m, "reset_parameters") and m is not module:
@@ -167,6 +180,7 @@ class Distiller:
         for p in t.parameters():
             p.requires_grad_(False)
         s = create_model(cfg.student, k, self.spec.in_channels).to(dev)
+        _check_student_takes(s, cfg.student, self.spec)
         g = Generator(cfg.latent_dim, self.spec.input_shape, cfg.gen_width, cfg.gen_output,
                       self.spec.mean, self.spec.std).to(dev)
         if self.plan.channels_last:
@@ -182,7 +196,8 @@ class Distiller:
             self.m.ema = copy.deepcopy(s).requires_grad_(False)
         self.ema_updates = 0
         self._hooks(t, s)
-        self.memory = ReplayMemory(cfg.replay_size if cfg.replay_fraction > 0 else 0, self.spec.input_shape, k, dev)
+        self.memory = ReplayMemory(cfg.replay_size if cfg.replay_fraction > 0 else 0, self.spec.input_shape, k, dev,
+                                   cfg.replay_policy)
         self.scalers = {name: torch.amp.GradScaler(dev.type, enabled=self.plan.needs_grad_scaler)
                         for name in ("g", "s", "d")}
         self.step = 0
