@@ -47,7 +47,7 @@ def main() -> None:
         overrides = {"mean": (args.mean,), "std": (args.std,)} if args.mean is not None else {}
         if args.input_size:
             overrides["input_size"] = (args.input_size, args.input_size)
-        result = distill(load_model(path, spec_overrides=overrides), cfg, Path("/tmp/edgekd-tune") / variant.replace(",", "_"), data)
+        result = distill(load_model(path, spec_overrides=overrides), cfg, Path("/tmp/edgekd-tune") / f"{path.stem}-{args.student}-{variant.replace(',', '_')}", data)
         row = {"teacher": args.teacher_name or path.name, "method": args.method, "student": args.student,
                "variant": variant, "budget_s": args.budget, "steps": result.steps,
                "accuracy": round(result.metrics["accuracy"], 4),

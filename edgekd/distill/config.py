@@ -25,7 +25,7 @@ class DistillConfig:
     batch_size: int = 256
     latent_dim: int = 100
     gen_width: int = 128  # generator base channels (DAFL: 128)
-    gen_output: str = "bn"  # bn: DAFL's whitened output | pixel: [0, 1] pixels in the teacher's normalisation
+    gen_output: str = "bn"  # bn: DAFL's whitened output | affine: + learnt scale/shift | pixel: [0, 1] pixels, normalised
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16

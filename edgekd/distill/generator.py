@@ -19,11 +19,12 @@ class Generator(nn.Module):
     normalised real inputs. For 32x32 this is exactly DAFL's network (two stages, 128 -> 128 -> 64).
     Wider images get more stages with halving widths, so 224x224 stays affordable.
 
-    output="bn" is DAFL's head (mean 0 / variance 1 per channel). That is right only when the
-    teacher's normalisation whitens its data; with the common mean=std=0.5 it is not (normalised
-    MNIST has mean -0.74 and never leaves [-1, 1]), so output="pixel" instead makes pixels in [0, 1]
-    (affine BN, then sigmoid) and applies the teacher's own (p - mean) / std: every image is one a
-    camera could deliver, whatever normalisation the teacher was trained with.
+    output="bn" (default) is DAFL's head: every channel at mean 0 / variance 1, which is right when
+    the teacher's normalisation whitens its data but not with the common mean = std = 0.5 (normalised
+    MNIST has mean -0.74 and never leaves [-1, 1]). output="affine" adds a learnt scale and shift;
+    output="pixel" makes pixels in [0, 1] (affine BN, sigmoid) and applies the teacher's own
+    (p - mean) / std, so every image is one a camera could deliver. Measured on the WRN-16-2 MNIST
+    teacher (benchmarks/TUNING.md round 4), neither beat "bn"; "pixel" made one-class students.
     """
 
     def __init__(self, latent_dim: int, out_shape: Tuple[int, int, int], base_channels: int = 128,
@@ -55,7 +56,7 @@ class Generator(nn.Module):
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.head = nn.Conv2d(cin, c, 3, 1, 1)
-        self.out_bn = nn.BatchNorm2d(c, affine=output == "pixel")
+        self.out_bn = nn.BatchNorm2d(c, affine=output != "bn")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(z.shape[0], -1, *self.init_hw)
@@ -64,7 +65,7 @@ class Generator(nn.Module):
             x = F.interpolate(x, size=self.out_shape[1:], mode="bilinear", align_corners=False)
         if self.output == "pixel":
             return (torch.sigmoid(self.out_bn(self.head(x))) - self.mean) / self.std
-        return self.out_bn(torch.tanh(self.head(x)))
+        return self.out_bn(torch.tanh(self.head(x)))  # bn: whitened; affine: then a learnt scale and shift
 
     def describe(self) -> Dict[str, Any]:
         """Everything `from_description` needs besides the weights (saved in generator.pt)."""
@@ -77,7 +78,7 @@ class Generator(nn.Module):
                    d.get("mean", (0.0,)), d.get("std", (1.0,)))
 
 
-OUTPUTS = ("bn", "pixel")
+OUTPUTS = ("bn", "affine", "pixel")
 
 
 def _per_channel(values: Sequence[float], c: int) -> torch.Tensor:
