@@ -25,10 +25,10 @@ def demo(demo_teacher_path):
     return demo_teacher_path
 
 
-def _bn_teacher(tmp_path):
+def _bn_teacher(tmp_path, size=16):
     torch.manual_seed(0)
     model = create_model("wrn16-2", 5, 3).eval()
-    spec = ModelSpec("wrn16-2", 5, 3, (16, 16), (0.5,), (0.5,))
+    spec = ModelSpec("wrn16-2", 5, 3, (size, size), (0.5,), (0.5,))
     return LoadedModel(model, spec, "edgekd", tmp_path / "t.pt", "0" * 64)
 
 
@@ -60,6 +60,21 @@ def test_generator_and_replay_options_run_and_travel_to_export(tmp_path):
     assert state["output"] == "pixel" and state["mean"] == [0.5] * 3
     x = np.load(tmp_path / "run" / "calib.npz")["x"]
     assert x.min() >= -1 - 1e-5 and x.max() <= 1 + 1e-5  # (0 - 0.5) / 0.5 .. (1 - 0.5) / 0.5
+
+
+def test_jitter_rolls_the_batch_within_the_limit():
+    from edgekd.distill.loop import jitter
+
+    x = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(1, 2, 32, 32)
+    assert jitter(x, 0.0) is x
+    torch.manual_seed(0)
+    shifts = set()
+    for _ in range(50):
+        y = jitter(x, 2 / 32)
+        match = [(a, b) for a in range(-2, 3) for b in range(-2, 3) if torch.equal(y, torch.roll(x, (a, b), (2, 3)))]
+        assert len(match) == 1  # a pure roll by at most 2 pixels, the same for every channel
+        shifts.add(match[0])
+    assert len(shifts) > 10
 
 
 def test_student_that_cannot_take_the_input_size_is_a_usage_error(tmp_path):
@@ -109,7 +124,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path, demo):
 def test_resume_refuses_another_teacher(tmp_path, demo):
     cfg = resolve_config("dafl", overrides=dict(FAST, iterations=1))
     distill(load_model(demo), cfg, tmp_path / "run")
-    other = _bn_teacher(tmp_path)
+    other = _bn_teacher(tmp_path, size=32)
     with pytest.raises(UsageError, match="another teacher"):
         distill(other, resolve_config("dafl", overrides=dict(FAST, iterations=2)), tmp_path / "run", resume=True)
 

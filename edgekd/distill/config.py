@@ -25,6 +25,7 @@ class DistillConfig:
     batch_size: int = 256
     latent_dim: int = 100
     gen_width: int = 128  # generator base channels (DAFL: 128)
+    g_jitter: float = 0.0  # > 0: the generator's batch is rolled by up to this fraction of each side (DeepInversion)
     gen_output: str = "bn"  # bn: DAFL's whitened output | affine: + learnt scale/shift | pixel: [0, 1] pixels, normalised
     seed: int = 0
     device: str = "auto"
@@ -86,6 +87,8 @@ class DistillConfig:
         for key in ("adv_loss", "kd_loss"):
             if getattr(self, key) not in DIVERGENCES:
                 raise UsageError(f"{key} must be one of {', '.join(DIVERGENCES)}")
+        if not 0 <= self.g_jitter < 0.5:
+            raise UsageError("g_jitter must be in [0, 0.5) (a fraction of the image side)")
         if self.replay_policy not in REPLAY_POLICIES:
             raise UsageError(f"replay_policy must be one of {', '.join(REPLAY_POLICIES)}")
         if self.bn_loss not in BN_LOSSES:

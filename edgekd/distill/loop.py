@@ -139,6 +139,16 @@ def _finite_params(module: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in module.parameters())
 
 
+def jitter(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """DeepInversion's jitter: roll the whole batch by a random shift of up to `fraction` of each side,
+    so the generator must make images the teacher reads the same way wherever the object sits."""
+    dy, dx = (round(fraction * n) for n in x.shape[-2:])
+    if not (dy or dx):
+        return x
+    shift = [int(torch.randint(-d, d + 1, ())) for d in (dy, dx)]
+    return torch.roll(x, shifts=shift, dims=(2, 3))
+
+
 def _check_student_takes(student: nn.Module, name: str, spec: ModelSpec) -> None:
     """A student too deep for the teacher's input size (LeNet-5 needs >= 32x32) fails here, in one line,
     not as a convolution error in the middle of the first step."""
@@ -255,7 +265,7 @@ class Distiller:
         if self.bn_hook:
             self.bn_hook.enabled = True
         with plan.autocast():
-            x = m.generator(self._z(cfg.batch_size))
+            x = jitter(m.generator(self._z(cfg.batch_size)), cfg.g_jitter)
             t_logits = m.teacher(self._fmt(x))
             s_logits = m.student(self._fmt(x)) if cfg.w_adv else None
         if self.bn_hook:
