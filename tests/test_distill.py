@@ -51,9 +51,11 @@ def test_each_preset_runs_on_a_bn_teacher(tmp_path, method):
 def test_generator_and_replay_options_run_and_travel_to_export(tmp_path):
     cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 3, "student": "resnet18-cifar", "s_steps": 2,
                                                    "gen_output": "pixel", "bn_loss": "kl",
-                                                   "replay_policy": "reservoir", "replay_size": 32})
+                                                   "replay_policy": "reservoir", "replay_size": 32,
+                                                   "g_jitter": 0.1})
     result = distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
     assert result.steps == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["g_jitter"] == 0.1  # BN teacher: kept
     bn = [r["bn"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "bn" in r]
     assert bn and all(math.isfinite(v) for v in bn)
     state = torch.load(tmp_path / "run" / "generator.pt", weights_only=True)
@@ -90,10 +92,11 @@ def test_choice_options_are_validated(key):
 
 
 def test_bn_weight_dropped_for_teacher_without_bn(tmp_path, demo):
-    cfg = resolve_config("dfq", overrides={**FAST, "iterations": 1})
+    cfg = resolve_config("dfq", overrides={**FAST, "iterations": 1, "g_jitter": 0.1})
     distill(load_model(demo), cfg, tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["w_bn"] == 0 and any("no BatchNorm" in n for n in config["notes"])
+    assert config["g_jitter"] == 0 and any("g_jitter" in n for n in config["notes"])
 
 
 class _InterruptAt(Progress):

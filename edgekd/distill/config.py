@@ -25,7 +25,7 @@ class DistillConfig:
     batch_size: int = 256
     latent_dim: int = 100
     gen_width: int = 128  # generator base channels (DAFL: 128)
-    g_jitter: float = 0.0  # > 0: the generator's batch is rolled by up to this fraction of each side (DeepInversion)
+    g_jitter: float = 0.0  # > 0: G's batch rolled by up to this fraction of a side (DeepInversion); only with w_bn
     gen_output: str = "bn"  # bn: DAFL's whitened output | affine: + learnt scale/shift | pixel: [0, 1] pixels, normalised
     seed: int = 0
     device: str = "auto"

@@ -244,6 +244,11 @@ class Distiller:
         if cfg.w_bn and not has_batchnorm(t):
             self.notes.append("teacher has no BatchNorm: bn weight set to 0")
             cfg.w_bn = 0.0
+        if cfg.g_jitter and not cfg.w_bn:
+            # Jitter is half of DeepInversion's BN prior: on BN teachers it added 7-8 points (two
+            # seeds), on a BN-free one it cost 1 (benchmarks/TUNING.md round 4).
+            self.notes.append("no BN-statistics term: g_jitter (part of that prior) set to 0")
+            cfg.g_jitter = 0.0
         self.bn_hook = BNStatsHook(t) if cfg.w_bn else None
         self.feat_hook = PenultimateHook(t) if cfg.w_act else None
         if self.feat_hook is not None and not self.feat_hook.available:
