@@ -62,7 +62,7 @@ def main() -> None:
                                                                           "mean_ms", "top1", "agreement")}})
             out.setdefault("timing_check", []).extend({"setting": name, **c} for c in res.timing_check)
         run = Path(args.run)
-        for label, calib_data in (("data-free (generator images)", None), ("real (Fashion-MNIST test images)", "fashion-mnist")):
+        for label, calib_data in (("data-free (generator images)", None), ("real (512 Fashion-MNIST *training* images)", "fashion-mnist:train")):
             b = tmp / f"cal-{'real' if calib_data else 'gen'}"
             res = export_bundle(run, ExportConfig(get_target("x86-cpu"), "int8", calib_count=512, calib_data=calib_data,
                                                   eval_data="fashion-mnist", force=True), b)

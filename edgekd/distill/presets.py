@@ -7,11 +7,13 @@ Reference formulations (DESIGN.md section 2 and the public DataFree benchmark):
 - zskt:  adversarial KL; student KL + 250 x attention transfer; 10 S steps per G step.
 - dfq:   adv 1, bn 1, oh 1, bal 20 (DataFree's unified weights); student KL.
 - adversarial (default, the paper's): masked KL adversarial term + BN statistics (only when the
-         teacher has BN) + oh + bal; student KL + FC discriminator; replay memory; 20 S steps per G
-         step; EMA student; with a BN teacher, DeepInversion's jitter (G's batch rolled by up to 1/16
-         of a side: +7 points on a WRN-16-2 teacher over three seeds). act is available but 0 by default: it is unbounded and, over runs longer
+         teacher has BN) + oh + bal; student KL + FC discriminator; 20 S steps per G step; EMA
+         student; replay memory as a reservoir sample of the whole run (a FIFO of recent batches
+         let a WRN teacher's student drift from 35% to 23%); with a BN teacher, DeepInversion's
+         jitter (G's batch rolled by up to 1/16 of a side: +7 points on a WRN-16-2 teacher over
+         three seeds). act is available but 0 by default: it is unbounded and, over runs longer
          than ~2 minutes, pulled the images off the data (real accuracy fell while synthetic
-         agreement rose). Tuned on self-trained teachers: see benchmarks/TUNING.md.
+         agreement rose). Tuned on three self-trained teachers: see benchmarks/TUNING.md.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "adversarial": dict(w_adv=1.0, w_bn=1.0, w_oh=1.0, w_bal=5.0, w_act=0.0, w_at=0.0, w_gan=0.1,
                         g_jitter=0.0625, gen_width=64, adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=1, s_steps=20, shared_batch=True,
                         lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=16384, replay_fraction=0.5,
-                        ema_decay=0.999),
+                        replay_policy="reservoir", ema_decay=0.999),
 }
 
 DEFAULT_METHOD = "adversarial"
