@@ -31,6 +31,9 @@ def test_reservoir_state_round_trip_and_partial_fill():
     m = ReplayMemory(150, (1, 2, 2), 3, torch.device("cpu"), "reservoir")
     _fill(m, batches=2)  # the memory fills inside the second batch; the rest goes to the reservoir
     assert len(m) == 150 and m.seen == 200
+    # algorithm R: all 100 first-batch images went in, then 50 of the second batch replaced some at
+    # random (expected ~71 left); writing the whole second batch in would leave exactly 50
+    assert (m.x[:, 0, 0, 0] == 0).sum() > 50
     m2 = ReplayMemory(150, (1, 2, 2), 3, torch.device("cpu"), "reservoir")
     m2.load_state_dict(m.state_dict())
     assert m2.seen == 200 and torch.equal(m2.x, m.x)

@@ -42,7 +42,8 @@ class ReplayMemory:
         if self.policy == "reservoir" and self.count == self.capacity:
             self._push_reservoir(x, t)
             return
-        n = min(len(x), self.capacity)
+        # fifo wraps around; reservoir fills the free slots only and samples the rest (algorithm R)
+        n = min(len(x), self.capacity if self.policy == "fifo" else self.capacity - self.count)
         idx = (torch.arange(n, device=self.x.device) + self.ptr) % self.capacity
         self.x[idx] = x[:n].detach().float().contiguous()
         self.t[idx] = t[:n].detach().float()
