@@ -8,8 +8,9 @@ Reference formulations (DESIGN.md section 2 and the public DataFree benchmark):
 - dfq:   adv 1, bn 1, oh 1, bal 20 (DataFree's unified weights); student KL.
 - adversarial (default, the paper's): masked KL adversarial term + BN statistics (only when the
          teacher has BN) + oh + bal; student KL + FC discriminator; 20 S steps per G step; EMA
-         student; replay memory as a reservoir sample of the whole run (a FIFO of recent batches
-         let a WRN teacher's student drift from 35% to 23%); with a BN teacher, DeepInversion's
+         student; replay memory as a reservoir sample of the whole run (demo teacher: ends at its best,
+         80.84%, where a FIFO of recent batches fell from 81.25% to 80.16%; mixed on a WRN teacher
+         over two seeds); with a BN teacher, DeepInversion's
          jitter (G's batch rolled by up to 1/16 of a side: +7 points on a WRN-16-2 teacher over
          three seeds). act is available but 0 by default: it is unbounded and, over runs longer
          than ~2 minutes, pulled the images off the data (real accuracy fell while synthetic
