@@ -27,6 +27,15 @@ def test_reservoir_keeps_a_uniform_sample_of_the_whole_run():
     assert torch.equal(m.t[:, 0], batch_of)  # logits stay with their images
 
 
+def test_reservoir_keeps_each_image_with_its_own_logits():
+    torch.manual_seed(0)
+    m = ReplayMemory(16, (1, 2, 2), 3, torch.device("cpu"), "reservoir")
+    for i in range(50):  # small memory, big batches: many images of one batch draw the same slot
+        ids = torch.arange(i * 64, (i + 1) * 64, dtype=torch.float32)
+        m.push(ids.view(-1, 1, 1, 1).expand(-1, 1, 2, 2), ids.view(-1, 1).expand(-1, 3))
+    assert torch.equal(m.x[:, 0, 0, 0], m.t[:, 0]) and len(set(m.t[:, 0].tolist())) == 16
+
+
 def test_reservoir_state_round_trip_and_partial_fill():
     m = ReplayMemory(150, (1, 2, 2), 3, torch.device("cpu"), "reservoir")
     _fill(m, batches=2)  # the memory fills inside the second batch; the rest goes to the reservoir

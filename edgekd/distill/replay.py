@@ -58,9 +58,16 @@ class ReplayMemory:
         n = len(x)
         seen = self.seen + torch.arange(1, n + 1, device=self.x.device, dtype=torch.float64)
         slot = (torch.rand(n, device=self.x.device, dtype=torch.float64) * seen).long()
-        keep = slot < self.capacity
-        self.x[slot[keep]] = x[keep].detach().float().contiguous()
-        self.t[slot[keep]] = t[keep].detach().float()
+        src = (slot < self.capacity).nonzero().squeeze(1)
+        # Two images of one batch may draw the same slot: as in the sequential algorithm the later one
+        # wins. Writing duplicates in one indexed assignment leaves the winner undefined on CUDA, and
+        # the image and its logits could come from different samples.
+        slots, inverse = torch.unique(slot[src], return_inverse=True)
+        last = torch.zeros(len(slots), dtype=torch.long, device=slot.device).scatter_reduce(
+            0, inverse, torch.arange(len(src), device=slot.device), "amax", include_self=False)
+        src = src[last]
+        self.x[slots] = x[src].detach().float().contiguous()
+        self.t[slots] = t[src].detach().float()
         self.seen += n
 
     def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
