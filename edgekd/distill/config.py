@@ -15,6 +15,10 @@ from edgekd.distill.replay import POLICIES as REPLAY_POLICIES
 from edgekd.errors import UsageError
 from edgekd.fileio import read_toml
 
+# Keys whose value names an entry of a registry.
+_CHOICES = {"adv_loss": DIVERGENCES, "kd_loss": DIVERGENCES, "bn_loss": BN_LOSSES,
+            "replay_policy": REPLAY_POLICIES, "gen_output": GEN_OUTPUTS}
+
 
 @dataclass
 class DistillConfig:
@@ -84,15 +88,11 @@ class DistillConfig:
             raise UsageError("--time-budget must be positive")
         if self.batch_size < 2:
             raise UsageError("--batch-size must be >= 2 (BatchNorm needs more than one image)")
-        for key in ("adv_loss", "kd_loss"):
-            if getattr(self, key) not in DIVERGENCES:
-                raise UsageError(f"{key} must be one of {', '.join(DIVERGENCES)}")
+        for key, choices in _CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise UsageError(f"{key} must be one of {', '.join(choices)}")
         if not 0 <= self.g_jitter < 0.5:
             raise UsageError("g_jitter must be in [0, 0.5) (a fraction of the image side)")
-        if self.replay_policy not in REPLAY_POLICIES:
-            raise UsageError(f"replay_policy must be one of {', '.join(REPLAY_POLICIES)}")
-        if self.bn_loss not in BN_LOSSES:
-            raise UsageError(f"bn_loss must be one of {', '.join(BN_LOSSES)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UsageError("--precision must be auto, fp32, bf16 or fp16")
         if self.s_optimizer not in ("adam", "sgd"):
@@ -103,8 +103,6 @@ class DistillConfig:
             raise UsageError("replay_fraction must be in [0, 1)")
         if not 0 <= self.ema_decay < 1:
             raise UsageError("ema_decay must be in [0, 1)")
-        if self.gen_output not in GEN_OUTPUTS:
-            raise UsageError(f"gen_output must be one of {', '.join(GEN_OUTPUTS)}")
         if self.g_steps < 1 or self.s_steps < 1:
             raise UsageError("g_steps and s_steps must be >= 1")
         return self

@@ -245,8 +245,8 @@ class Distiller:
             self.notes.append("teacher has no BatchNorm: bn weight set to 0")
             cfg.w_bn = 0.0
         if cfg.g_jitter and not cfg.w_bn:
-            # Jitter is half of DeepInversion's BN prior: on BN teachers it added 7-8 points (two
-            # seeds), on a BN-free one it cost 1 (benchmarks/TUNING.md round 4).
+            # Jitter is half of DeepInversion's BN prior: on a BN teacher it added 7 points (three
+            # seeds), on a BN-free one it cost 1 (one seed; benchmarks/TUNING.md round 4).
             self.notes.append("no BN-statistics term: g_jitter (part of that prior) set to 0")
             cfg.g_jitter = 0.0
         self.bn_hook = BNStatsHook(t) if cfg.w_bn else None
