@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from edgekd.cli.distill_cmd import demo_teacher_path
+from edgekd.cpu import cpu_summary
 from edgekd.data.datasets import load_dataset
 from edgekd.distill.config import resolve_config
 from edgekd.distill.loop import distill
-from edgekd.distill.precision import cpu_flags
 from edgekd.models.checkpoint import load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,7 +63,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     real = real_data_student(args.real_epochs)
     out = {"teacher": "demo LeNet-5 (Fashion-MNIST)", "student": "lenet5-half", "budget_s": args.budget,
-           "cpu_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512_vnni"}), "rows": rows,
+           "cpu": cpu_summary(), "rows": rows,
            "real_data_student": real, "curves": curves,
            "command": "python " + " ".join(sys.argv)}
     stem = RESULTS / f"quality{'-' + args.tag if args.tag else ''}"

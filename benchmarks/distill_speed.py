@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from edgekd.cpu import cpu_summary, torch_cpu_flags
 from edgekd.distill.config import resolve_config
 from edgekd.distill.loop import Distiller
-from edgekd.distill.precision import cpu_flags
 from edgekd.models.checkpoint import LoadedModel
 from edgekd.models.registry import create_model, get_entry
 from edgekd.spec import ModelSpec
@@ -70,11 +70,11 @@ def main() -> None:
         fast["speedup_vs_fp32_nchw"] = base["seconds_per_iteration"] / fast["seconds_per_iteration"]
         rows += [base, fast]
         print(json.dumps(base), json.dumps(fast), sep="\n", flush=True)
-    device = "cuda" if args.device == "cuda" else "cpu-" + ("amx" if "amx_bf16" in cpu_flags() else
-                                                         "avx512bf16" if "avx512_bf16" in cpu_flags() else "plain")
+    device = "cuda" if args.device == "cuda" else "cpu-" + ("amx" if "amx_bf16" in torch_cpu_flags() else
+                                                         "avx512bf16" if "avx512_bf16" in torch_cpu_flags() else "plain")
     out = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "command": "python " + " ".join(sys.argv), "method": "adversarial (1 G step + 20 S steps per iteration)",
-           "rows": rows}
+           "cpu": cpu_summary(), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"speed-{device}.json").write_text(json.dumps(out, indent=2) + "\n")
     md = [f"# Distillation speed on {device} (torch {torch.__version__}, {out['threads']} threads)", "",

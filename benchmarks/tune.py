@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from edgekd.cli.distill_cmd import demo_teacher_path
+from edgekd.cpu import cpu_summary
 from edgekd.data.datasets import load_dataset
 from edgekd.distill.config import parse_sets, resolve_config
 from edgekd.distill.loop import distill
-from edgekd.distill.precision import cpu_flags
 from edgekd.models.checkpoint import load_model
 
 
@@ -54,7 +54,7 @@ def main() -> None:
                "agreement_synthetic": round(result.metrics["agreement_synthetic"], 4),
                "teacher_accuracy": round(result.teacher_accuracy, 4), "events": len(result.events),
                "wall_s": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
-               "amx": "amx_bf16" in cpu_flags()}
+               "cpu": cpu_summary()}
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")

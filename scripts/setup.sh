@@ -22,9 +22,13 @@ if [ ! -f "$stamp" ] || ! (cd / && "$VENV/bin/python" -c "import edgekd, sys; sy
   "$VENV/bin/pip" install -q -c "$pins" -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$stamp"
 fi
-# Fashion-MNIST (Debian package) is the real data the demo and tests measure on.
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+# Debian packages: Fashion-MNIST is the real data the demo and tests measure on; qemu-user lets the
+# tests run ONNX Runtime's INT8 kernels as a CPU without VNNI would (x86 only).
+apt_missing=()
+[ -d /usr/share/datasets/fashion-mnist ] || apt_missing+=(dataset-fashion-mnist)
+[ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64 >/dev/null && apt_missing+=(qemu-user)
+if [ ${#apt_missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 echo "$VENV"

@@ -19,3 +19,16 @@ def fmnist():
     from edgekd.data.datasets import load_fashion_mnist
 
     return load_fashion_mnist("test")
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, demo_teacher_path):
+    """A short real distill run of the demo teacher, shared by the export and bench tests."""
+    from edgekd.distill.config import resolve_config
+    from edgekd.distill.loop import distill
+    from edgekd.models.checkpoint import load_model
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = resolve_config("adversarial", overrides={"iterations": 30, "calib_images": 64, "eval_every_s": 1e9})
+    distill(load_model(demo_teacher_path), cfg, out)
+    return out

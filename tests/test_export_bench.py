@@ -16,21 +16,10 @@ from edgekd.deploy.bundle import ExportConfig, export_bundle
 from edgekd.deploy.manifest import load_manifest
 from edgekd.deploy.onnx_export import read_metadata
 from edgekd.deploy.targets import get_target
-from edgekd.distill.config import resolve_config
-from edgekd.distill.loop import distill
 from edgekd.errors import DataError, InputFileError, QualityError, UsageError
-from edgekd.models.checkpoint import load_model
 
 runner = CliRunner()
 FAST_BENCH = dict(batch_sizes=(1, 4), warmup_s=0.0, duration_s=None, iterations=5, verify_timing=False)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, demo_teacher_path):
-    out = tmp_path_factory.mktemp("run") / "run"
-    cfg = resolve_config("adversarial", overrides={"iterations": 30, "calib_images": 64, "eval_every_s": 1e9})
-    distill(load_model(demo_teacher_path), cfg, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +61,46 @@ def test_tensorrt_target_bundle_opset_and_trtexec(run_dir, tmp_path):
     assert "--system-site-packages" in readme
 
 
-def test_int8_for_orin_is_symmetric(run_dir, tmp_path):
-    out = tmp_path / "orin"
-    export_bundle(run_dir, ExportConfig(get_target("jetson-orin-nano"), "int8", calib_count=64), out)
+def _qdq_arrays(path):
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(out / "student.int8.onnx"))
+    model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    weights = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in inits and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
+    return zero_points, weights
+
+
+def test_int8_for_orin_is_symmetric(run_dir, tmp_path):
+    # Structure only: no quality gate (min agreement 0) so the outcome cannot depend on the CPU.
+    out = tmp_path / "orin"
+    export_bundle(run_dir, ExportConfig(get_target("jetson-orin-nano"), "int8", calib_count=64,
+                                        min_int8_agreement=0.0), out)
+    zero_points, weights = _qdq_arrays(out / "student.int8.onnx")
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    assert weights and max(int(np.abs(w).max()) for w in weights) == 127  # full 8-bit weights for TensorRT
+    q = load_manifest(out)["quantization"]
+    assert q["activations"] == "int8 symmetric" and not q["reduce_range"] and "TensorRT" in q["reason"]
+
+
+@pytest.mark.parametrize("vnni", ["yes", "no"])
+def test_x86_int8_follows_the_devices_vnni(run_dir, tmp_path, vnni):
+    out = tmp_path / vnni
+    export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_count=64, min_int8_agreement=0.0,
+                                        vnni=vnni), out)
+    m = load_manifest(out)
+    zero_points, weights = _qdq_arrays(out / "student.int8.onnx")
+    top = max(int(np.abs(w).max()) for w in weights)
+    # 7-bit weights without VNNI keep every u8 x s8 pair sum inside int16 (255 * 64 * 2 < 32768).
+    assert (top <= 64) if vnni == "no" else (top == 127)
+    assert m["quantization"]["reduce_range"] is (vnni == "no") and "vnni = " + vnni in m["quantization"]["reason"]
+    assert m["export_cpu"]["cpu"] and "flags" in m["export_cpu"]
+    c = m["checks"]["int8"]
+    assert 0 <= c["agreement"] <= 1 and c["kernels_cpu"]
+    if vnni == "no" or c["kernels_cpu"] != "none":  # no saturation possible: kernels give the exact arithmetic
+        assert abs(c["kernel_agreement"] - c["agreement"]) <= 0.02, c
 
 
 def test_export_errors(run_dir, tmp_path, demo_teacher_path):

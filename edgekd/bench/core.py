@@ -15,6 +15,7 @@ import numpy as np
 from edgekd import __version__
 from edgekd.bench.latency import measure
 from edgekd.bench.runners import auto_runtime, make_runner
+from edgekd.cpu import cpu_summary, int8_dot_product
 from edgekd.data.datasets import check_dataset_fits, load_dataset, prepare_images
 from edgekd.deploy.manifest import load_manifest
 from edgekd.errors import DataError, UsageError
@@ -42,20 +43,12 @@ class BenchResult:
     environment: Dict[str, Any]
     evaluation: Dict[str, Any]
     timing_check: List[Dict[str, Any]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"edgekd_version": __version__, "environment": self.environment, "evaluation": self.evaluation,
-                "rows": self.rows, "verdicts": self.verdicts, "timing_check": self.timing_check}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+                "rows": self.rows, "verdicts": self.verdicts, "timing_check": self.timing_check,
+                "warnings": self.warnings}
 
 
 def _peak_rss_mb() -> Optional[float]:
@@ -70,8 +63,9 @@ def _peak_rss_mb() -> Optional[float]:
 def environment(threads: int) -> Dict[str, Any]:
     import os
 
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": _cpu_name(),
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "numpy": np.__version__,
+    cpu = cpu_summary()
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu["cpu"],
+            "cpu_count": os.cpu_count(), "cpu_flags": cpu["flags"], "int8_dot_product": cpu["int8_dot_product"], "python": sys.version.split()[0], "numpy": np.__version__,
             "threads": threads or "runtime default", "torch_imported": "torch" in sys.modules}
 
 
@@ -99,6 +93,16 @@ def _eval_set(bundle: Path, manifest: Dict[str, Any], cfg: BenchConfig, spec: Mo
             "preprocess_ms_per_image": None}
 
 
+def int8_cpu_warning(bundle: str, manifest: Dict[str, Any], runtime: str) -> Optional[str]:
+    """Full-range INT8 weights on an x86 CPU without VNNI/AMX: ONNX Runtime's U8S8 kernels saturate."""
+    q = manifest.get("quantization") or {}
+    if (runtime != "onnxruntime" or not q or q.get("reduce_range") or platform.machine() not in ("x86_64", "AMD64")
+            or int8_dot_product() is not None):
+        return None
+    return (f"{bundle}: its INT8 model has full-range weights, and this x86 CPU has no VNNI/AMX, so ONNX Runtime's "
+            "INT8 kernels can saturate (agreement below the export's figure); re-export with --vnni no")
+
+
 def _predict(runner: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([runner(x[i:i + batch]) for i in range(0, len(x), batch)])
 
@@ -124,10 +128,14 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
     checks: List[Dict[str, Any]] = []
     runtimes: Dict[str, Any] = {}
     evaluation: Dict[str, Any] = {}
+    warnings: List[str] = []
     for bundle in map(Path, bundles):
         manifest = load_manifest(bundle)
         spec = ModelSpec.from_dict(manifest["spec"])
         runtime = auto_runtime(manifest) if cfg.runtime == "auto" else cfg.runtime
+        warning = int8_cpu_warning(bundle.name, manifest, runtime)
+        if warning:
+            warnings.append(warning)
         ev = _eval_set(bundle, manifest, cfg, spec)
         evaluation = {"source": ev["source"], "kind": ev["kind"], "images": int(len(ev["x"])),
                       "preprocess_ms_per_image": ev["preprocess_ms_per_image"]}
@@ -167,7 +175,7 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
     env["runtimes"] = runtimes
     env["peak_rss_mb"] = _peak_rss_mb()
     env["torch_imported"] = "torch" in sys.modules
-    return BenchResult(rows, verdicts, env, evaluation, checks)
+    return BenchResult(rows, verdicts, env, evaluation, checks, warnings)
 
 
 def _timing_check(runner: Any, x: np.ndarray, label: str, bundle: str, cfg: BenchConfig) -> Dict[str, Any]:

@@ -51,8 +51,10 @@ def to_markdown(result: BenchResult) -> str:
             lines.append(f"| {c['bundle']} {c['model']} | {c['edgekd_mean_ms']:.4f} | {c['loop_mean_ms']:.4f} | "
                          f"{c['loop_difference']:+.1%} | {c['onnxruntime_profiler_mean_ms']:.4f} | "
                          f"{c['profiler_difference']:+.1%} |")
+    lines += [f"\n**Warning:** {w}" for w in result.warnings]
     env = result.environment
-    lines += ["", f"Environment: {env.get('cpu')}, {env.get('cpu_count')} CPUs, {env.get('platform')}, "
+    lines += ["", f"Environment: {env.get('cpu')}, {env.get('cpu_count')} CPUs, flags {' '.join(env.get('cpu_flags') or []) or 'n/a'}, "
+              f"{env.get('platform')}, "
               f"Python {env.get('python')}, threads {env.get('threads')}, runtimes "
               + ", ".join(f"{k} {v.get('version')} ({v.get('provider')})" for k, v in env.get("runtimes", {}).items()),
               ""]

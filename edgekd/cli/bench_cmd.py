@@ -55,6 +55,8 @@ def bench_cmd(
     for r in result.rows:
         table.add_row(*(fmt(c, r.get(c)) for c in shown))
     console.print(table)
+    for w in result.warnings:
+        console.print(f"[bold red]WARNING: {w}[/]")
     for v in result.verdicts:
         console.print(f"[bold]{v['bundle']} {v['model']}[/] at batch {v['batch_size']}: "
                       f"[green]{v['speedup_p50']:.2f}x[/] faster than the teacher (p50), "

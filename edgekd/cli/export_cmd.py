@@ -26,6 +26,7 @@ def export_cmd(
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Labelled data to measure the INT8 accuracy drop on."),
     max_int8_drop: float = typer.Option(0.02, "--max-int8-drop", help="Refuse INT8 that loses more accuracy than this on --eval-data (0.02 = 2 points)."),
     min_int8_agreement: float = typer.Option(0.90, "--min-int8-agreement", help="Refuse INT8 that agrees with FP32 on fewer held-out synthetic images than this."),
+    vnni: Optional[str] = typer.Option(None, "--vnni", help="x86 targets: does the device's CPU have VNNI/AMX? yes, no, or detect (the export machine is the device; the default). Without them INT8 uses 7-bit weights."),
     force: bool = typer.Option(False, "--force", help="Write the bundle even past the INT8 thresholds (with a loud warning)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle directory (default bundles/<run>-<target>-<precision>)."),
     trust_pickle: bool = TRUST_PICKLE,
@@ -39,13 +40,15 @@ def export_cmd(
         if not Path("student.pt").exists():
             raise UsageError("no SOURCE given and the current directory is not a distill run: give a run directory")
         source = Path(".")
+    if vnni is not None and vnni not in ("detect", "yes", "no"):
+        raise UsageError(f"--vnni {vnni!r}: use yes, no or detect")
     tgt = get_target(target)
     prec = precision or tgt.default_precision
     tgt.check_precision(prec)
     name = source.resolve().name if source.is_dir() else source.stem
     bundle_dir = out or Path("bundles") / f"{name}-{tgt.name}-{prec}"
     cfg = ExportConfig(tgt, prec, calib, calib_data, calibration, eval_data, max_int8_drop, min_int8_agreement,
-                       force, trust_pickle)
+                       force, trust_pickle, vnni)
     with console.status(f"exporting {source} for {tgt.name} ({prec})"):
         result = export_bundle(source, cfg, bundle_dir)
     m = result.manifest
@@ -65,9 +68,13 @@ def export_cmd(
     checks = m["checks"]
     console.print(f"parity ONNX Runtime vs PyTorch: max |diff| {checks['student_parity']['max_abs_diff']:.1e} "
                   f"({checks['student_parity']['tolerance']})")
+    if m.get("quantization"):
+        q = m["quantization"]
+        console.print(f"INT8: {q['activations']} activations, {q['weights']} weights. Why: {q['reason']}")
     if "int8" in checks:
         c = checks["int8"]
-        console.print(f"INT8 vs FP32 agreement: {c['agreement']:.1%} on {c['on']}")
+        console.print(f"INT8 vs FP32 agreement on {c['on']}: {c['agreement']:.1%} exact arithmetic, "
+                      f"{c['kernel_agreement']:.1%} with this CPU's kernels ({c['kernels_cpu']})")
     if "int8_real" in checks:
         c = checks["int8_real"]
         console.print(f"accuracy on {c['on']}: FP32 {c['fp32_accuracy']:.2%} -> INT8 {c['int8_accuracy']:.2%} "

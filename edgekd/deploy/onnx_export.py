@@ -73,10 +73,14 @@ def read_metadata(path: Path) -> Dict[str, Any]:
     return out
 
 
-def ort_session(path: Path, threads: int = 0) -> Any:
+def ort_session(path: Path, threads: int = 0, optimize: bool = True) -> Any:
+    """optimize=False keeps the graph as written: a QDQ model then runs DequantizeLinear -> float op ->
+    QuantizeLinear, the exact arithmetic of the quantization scheme, with no CPU-specific INT8 kernel."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -6,11 +6,13 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, FrozenSet, Iterator, Optional
 
 import numpy as np
 
+from edgekd.cpu import cpu_flags, int8_dot_product
 from edgekd.deploy.onnx_export import INPUT_NAME, ort_logits, ort_session
+from edgekd.deploy.targets import Target
 from edgekd.errors import DataError, UsageError
 from edgekd.fileio import atomic_path
 
@@ -21,8 +23,45 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 class QuantizeOptions:
     calibration: str = "minmax"
     symmetric: bool = False  # TensorRT reads symmetric Q/DQ
-    reduce_range: bool = False  # for x86 CPUs without VNNI
+    reduce_range: bool = False  # 7-bit weights, for x86 CPUs without VNNI
     per_channel: bool = True
+    reason: str = ""  # why this scheme, for the manifest
+    kernels_match_device: bool = False  # this machine's ORT INT8 kernels are the device's (same CPU class)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"format": "QDQ", "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
+                "weights": ("int7" if self.reduce_range else "int8") + " symmetric"
+                           + (" per-channel" if self.per_channel else " per-tensor"),
+                "reduce_range": self.reduce_range, "calibration": self.calibration, "reason": self.reason}
+
+
+def choose_quantization(target: Target, calibration: str = "minmax", vnni: Optional[str] = None,
+                        flags: Optional[FrozenSet[str]] = None) -> QuantizeOptions:
+    """The INT8 scheme that keeps agreement on the target's kernels. `vnni` overrides the target's
+    setting ("detect": the export machine is the device); `flags` are the export machine's CPU flags."""
+    if vnni and not target.vnni:
+        raise UsageError(f"--vnni applies to x86 CPU targets; {target.name} is not one")
+    if target.int8_symmetric:
+        return QuantizeOptions(calibration, symmetric=True, reason=(
+            "TensorRT reads symmetric Q/DQ (int8 activations and weights) and accumulates in int32"))
+    setting = vnni or target.vnni
+    if not setting:
+        return QuantizeOptions(calibration, reason=f"{target.name}: uint8 activations, int8 per-channel weights "
+                               "(ONNX Runtime's default for CPUs)")
+    here = int8_dot_product(cpu_flags() if flags is None else flags)
+    if setting == "detect":
+        has, source = here is not None, f"the export machine's CPU ({here or 'no VNNI/AMX'}), taken as the device"
+    else:
+        has, source = setting == "yes", f"the device as stated (vnni = {setting})"
+    if has:
+        reason = (f"{source}: VNNI/AMX multiply u8 x s8 straight into int32, so full-range int8 weights "
+                  "cannot saturate")
+    else:
+        reason = (f"{source}: without VNNI/AMX, ONNX Runtime's U8S8 kernels (VPMADDUBSW) sum pairs of u8 x s8 "
+                  "products in int16, which saturates with full-range weights; 7-bit weights (reduce_range) keep "
+                  "every pair inside int16")
+    return QuantizeOptions(calibration, reduce_range=not has, reason=reason,
+                           kernels_match_device=(here is not None) == has)
 
 
 class _ArrayReader:
@@ -72,10 +111,18 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, opts: Quan
 
 @dataclass
 class Int8Report:
-    agreement: float  # FP32 vs INT8 argmax agreement
+    """FP32 vs INT8 on the same images, two ways. `agreement` is the quantized graph computed exactly
+    (Q/DQ in float: what the scheme itself gives, and what TensorRT computes), the same on every CPU.
+    `kernel_agreement` is this machine's ONNX Runtime INT8 kernels, which differ by CPU: without VNNI
+    they saturate. Accuracies are given where labels are."""
+
+    agreement: float
+    kernel_agreement: float
     on: str  # which images
+    kernels_cpu: str = ""  # this machine's int8 dot-product instruction, or that it has none
     fp32_accuracy: Optional[float] = None
     int8_accuracy: Optional[float] = None
+    kernel_int8_accuracy: Optional[float] = None
 
     @property
     def accuracy_drop(self) -> Optional[float]:
@@ -84,16 +131,21 @@ class Int8Report:
         return self.fp32_accuracy - self.int8_accuracy
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"agreement": self.agreement, "on": self.on, "fp32_accuracy": self.fp32_accuracy,
-                "int8_accuracy": self.int8_accuracy, "accuracy_drop": self.accuracy_drop}
+        return {"agreement": self.agreement, "kernel_agreement": self.kernel_agreement, "on": self.on,
+                "kernels_cpu": self.kernels_cpu,
+                "fp32_accuracy": self.fp32_accuracy, "int8_accuracy": self.int8_accuracy,
+                "kernel_int8_accuracy": self.kernel_int8_accuracy, "accuracy_drop": self.accuracy_drop}
 
 
 def compare_int8(fp32_path: Path, int8_path: Path, x: np.ndarray, on: str,
                  labels: Optional[np.ndarray] = None) -> Int8Report:
     a = ort_logits(ort_session(fp32_path), x).argmax(1)
-    b = ort_logits(ort_session(int8_path), x).argmax(1)
-    report = Int8Report(float((a == b).mean()), on)
+    exact = ort_logits(ort_session(int8_path, optimize=False), x).argmax(1)
+    kernels = ort_logits(ort_session(int8_path), x).argmax(1)
+    report = Int8Report(float((a == exact).mean()), float((a == kernels).mean()), on,
+                        int8_dot_product() or "none")
     if labels is not None:
         report.fp32_accuracy = float((a == labels).mean())
-        report.int8_accuracy = float((b == labels).mean())
+        report.int8_accuracy = float((exact == labels).mean())
+        report.kernel_int8_accuracy = float((kernels == labels).mean())
     return report

@@ -13,6 +13,7 @@ from edgekd.fileio import read_toml
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 RUNTIMES = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+VNNI_CHOICES = ("", "detect", "yes", "no")  # "": not an x86 CPU target
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class Target:
     python: str = ""
     dla: bool = False
     int8_symmetric: bool = False  # TensorRT reads symmetric Q/DQ only
-    reduce_range: bool = False  # x86 CPUs without VNNI saturate U8S8
+    # x86 ONNX Runtime targets: does the device have VNNI/AMX ("yes"), not ("no"), or is it the export
+    # machine ("detect")? Without them U8S8 products saturate in int16, so INT8 uses 7-bit weights.
+    vnni: str = ""
     bench: Dict[str, Any] = field(default_factory=dict)
     notes: str = ""
 
@@ -50,6 +53,9 @@ def _validate(d: Dict[str, Any], source: str) -> Target:
     missing = [k for k in required if k not in d]
     if missing:
         raise UsageError(f"target file {source} lacks {', '.join(missing)}")
+    if "reduce_range" in d:
+        raise UsageError(f"target file {source}: reduce_range is now chosen from the device's CPU: "
+                         "replace it with vnni = \"no\" (device without VNNI/AMX), \"yes\" or \"detect\"")
     known = set(Target.__dataclass_fields__)
     unknown = sorted(set(d) - known)
     if unknown:
@@ -63,6 +69,10 @@ def _validate(d: Dict[str, Any], source: str) -> Target:
         raise UsageError(f"target {d['name']}: default_precision is not one of its precisions")
     if not 7 <= int(d["opset"]) <= 21:
         raise UsageError(f"target {d['name']}: opset {d['opset']} outside 7..21")
+    if d.get("vnni", "") not in VNNI_CHOICES:
+        raise UsageError(f"target {d['name']}: vnni must be one of {', '.join(repr(c) for c in VNNI_CHOICES[1:])}")
+    if d.get("vnni") and d["runtime"] != "onnxruntime":
+        raise UsageError(f"target {d['name']}: vnni applies to ONNX Runtime CPU targets only")
     if d["runtime"] == "tensorrt" and not d.get("tensorrt_versions"):
         raise UsageError(f"target {d['name']}: a TensorRT target must list tensorrt_versions")
     kw = dict(d)

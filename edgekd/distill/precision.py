@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ContextManager, Optional, Set
+from typing import ContextManager, Optional
 
 import torch
 
+from edgekd.cpu import cpu_flags, torch_cpu_flags
 from edgekd.errors import UsageError
-
-
-def cpu_flags() -> Set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 @dataclass(frozen=True)
@@ -51,7 +41,8 @@ def plan_execution(device: str = "auto", precision: str = "auto", channels_last:
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise UsageError(f"--device {device!r}: use auto, cpu or cuda")
     dev = torch.device(device)
-    flags = cpu_flags() if dev.type == "cpu" else set()
+    # The flags PyTorch will use: under ONEDNN_MAX_CPU_ISA=AVX2 a bf16-capable CPU must plan as an AVX2 one.
+    flags = torch_cpu_flags() if dev.type == "cpu" else set()
     if precision == "auto":
         if dev.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -61,7 +52,7 @@ def plan_execution(device: str = "auto", precision: str = "auto", channels_last:
             reason = "CPU has " + "+".join(sorted(flags & {"avx512_bf16", "amx_bf16"})) + ": bf16 autocast"
         else:
             precision = "fp32"
-            reason = "CPU without bf16 instructions: fp32"
+            reason = "CPU without bf16 instructions" + (" (as capped by the environment)" if "avx512_bf16" in cpu_flags() else "") + ": fp32"
     else:
         reason = f"{precision} as asked"
     if precision == "fp16" and dev.type == "cpu":

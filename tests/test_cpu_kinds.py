@@ -1,0 +1,58 @@
+"""INT8 on a CPU without VNNI, for real: ONNX Runtime's kernels run under qemu-user emulating a Haswell
+(AVX2, no AVX-512, no VNNI), whatever CPU runs the suite. .ci/run installs Debian's qemu-user."""
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgekd.deploy.bundle import ExportConfig, export_bundle
+from edgekd.deploy.targets import get_target
+
+QEMU = shutil.which("qemu-x86_64")
+pytestmark = pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64",
+                                reason="needs qemu-user on x86_64 (apt-get install qemu-user)")
+
+ON_HASWELL = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from edgekd.bench.core import BenchConfig, bench_bundles
+from edgekd.cpu import cpu_summary
+from edgekd.deploy.quantize import compare_int8
+out = {"cpu": cpu_summary()}
+for b in map(Path, sys.argv[1:]):
+    x = np.load(b / "synthetic.npz")["x"]
+    r = compare_int8(b / "student.onnx", b / "student.int8.onnx", x, "held-out")
+    res = bench_bundles([b], BenchConfig(batch_sizes=(1,), warmup_s=0.0, duration_s=None, iterations=2,
+                                         verify_timing=False))
+    out[b.name] = {"exact": r.agreement, "kernels": r.kernel_agreement, "warnings": res.warnings}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, run_dir):
+    tmp = tmp_path_factory.mktemp("kinds")
+    for vnni in ("yes", "no"):
+        export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_count=64,
+                                                min_int8_agreement=0.0, vnni=vnni), tmp / f"vnni-{vnni}")
+    return tmp
+
+
+def test_int8_on_an_avx2_cpu_without_vnni(bundles):
+    proc = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", ON_HASWELL,
+                           str(bundles / "vnni-yes"), str(bundles / "vnni-no")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["cpu"]["int8_dot_product"] is None and "avx512f" not in got["cpu"]["flags"]
+    # 7-bit weights: the AVX2 kernels compute exactly what the quantized graph says.
+    no = got["vnni-no"]
+    assert abs(no["kernels"] - no["exact"]) <= 0.02, got
+    assert no["warnings"] == []
+    # Full-range weights on this CPU: bench says the kernels can saturate, and what to do.
+    assert len(got["vnni-yes"]["warnings"]) == 1 and "--vnni no" in got["vnni-yes"]["warnings"][0]
