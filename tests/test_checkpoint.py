@@ -115,3 +115,50 @@ def test_bad_files(tmp_path):
 def test_infer_arch_prefers_exact_shapes():
     sd = create_model("resnet18", 10, 3).state_dict()
     assert infer_arch(sd)[0] == "resnet18"
+
+
+class _DaflLeNet5(torch.nn.Module):
+    """DAFL's lenet.py layout: other parameter names, an extra forward argument."""
+
+    def __init__(self, act=torch.relu):
+        super().__init__()
+        self.act = act
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, 6, 5), torch.nn.Conv2d(6, 16, 5)
+        self.conv3 = torch.nn.Conv2d(16, 120, 5)
+        self.fc1, self.fc2 = torch.nn.Linear(120, 84), torch.nn.Linear(84, 10)
+
+    def forward(self, img: torch.Tensor, out_feature: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.max_pool2d(self.act(self.conv1(img)), 2)
+        x = torch.nn.functional.max_pool2d(self.act(self.conv2(x)), 2)
+        feature = self.act(self.conv3(x)).view(-1, 120)
+        return self.fc2(self.act(self.fc1(feature)))
+
+
+def test_torchscript_bn_teacher_is_rebuilt_eager_with_hooks(tmp_path):
+    from edgekd.distill.config import resolve_config
+    from edgekd.distill.loop import Distiller
+
+    torch.manual_seed(0)
+    model = create_model("wrn16-2", 10, 3).eval()
+    torch.jit.script(model).save(str(tmp_path / "wrn.pt"))
+    loaded = load_model(tmp_path / "wrn.pt")
+    assert loaded.format == "torchscript" and not isinstance(loaded.model, torch.jit.ScriptModule)
+    assert loaded.spec.arch == "wrn16-2" and loaded.spec.input_size == (32, 32)
+    assert "rebuilt as eager wrn16-2" in loaded.notes[0]
+    assert _same_outputs(model, loaded.model, (3, 32, 32))
+    d = Distiller(loaded, resolve_config("dfq", overrides={"iterations": 1, "batch_size": 4}), tmp_path / "run")
+    assert d.cfg.w_bn > 0 and d.bn_hook is not None  # the BN prior is on: hooks work
+    assert not any("hooks unavailable" in n for n in d.notes)
+
+
+def test_torchscript_in_another_layout_is_matched_by_position_and_checked(tmp_path):
+    torch.manual_seed(0)
+    dafl = _DaflLeNet5().eval()
+    torch.jit.script(dafl).save(str(tmp_path / "dafl.pt"))
+    loaded = load_model(tmp_path / "dafl.pt")
+    assert loaded.spec.arch == "lenet5" and not isinstance(loaded.model, torch.jit.ScriptModule)
+    assert _same_outputs(dafl, loaded.model, (1, 32, 32))
+    # Same weights, other function (tanh): the output check refuses the rebuild, TorchScript is kept.
+    torch.jit.script(_DaflLeNet5(torch.tanh).eval()).save(str(tmp_path / "tanh.pt"))
+    kept = load_model(tmp_path / "tanh.pt", spec_overrides={"input_size": (32, 32)})
+    assert isinstance(kept.model, torch.jit.ScriptModule) and "outputs differ" in kept.notes[0]

@@ -39,7 +39,7 @@ def _save_teacher(d: Distiller) -> None:
     if isinstance(model, torch.jit.ScriptModule):
         with atomic_path(d.run_dir / "teacher.pt") as tmp:
             torch.jit.save(model, str(tmp))
-    elif t.format in ("edgekd", "state_dict"):
+    elif t.format in ("edgekd", "state_dict", "torchscript"):  # torchscript here: rebuilt as a registered arch
         save_checkpoint(d.run_dir / "teacher.pt", model, t.spec, {"source": str(t.path), "sha256": t.sha256})
     else:  # a trusted pickle of an unregistered class: keep it scripted if possible
         try:

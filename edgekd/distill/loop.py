@@ -180,7 +180,7 @@ class Distiller:
         self.progress = progress or Progress()
         self.plan: ExecutionPlan = plan_execution(cfg.device, cfg.precision, cfg.channels_last)
         self.events: List[str] = []
-        self.notes: List[str] = []
+        self.notes: List[str] = list(teacher.notes)
         torch.manual_seed(cfg.seed)
         dev = self.plan.device
         k = self.spec.num_classes

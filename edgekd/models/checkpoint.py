@@ -9,12 +9,13 @@ Formats, detected from the file's content (never its name):
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,7 @@ class LoadedModel:
     path: Path
     sha256: str
     provenance: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)  # what loading decided, for the run's summary
 
 
 def save_checkpoint(path: PathLike, model: nn.Module, spec: ModelSpec,
@@ -145,6 +147,55 @@ def infer_arch(sd: Dict[str, torch.Tensor], arch: Optional[str] = None) -> Tuple
                      "or save the model as TorchScript (torch.jit.script(model).save(path))")
 
 
+def _by_position(sd: Dict[str, torch.Tensor], classes: int, channels: int) -> Optional[Tuple[str, Dict[str, torch.Tensor]]]:
+    """A registered architecture whose state_dict has the same tensors in the same order (names may
+    differ, as in DAFL's LeNet-5: conv1..fc2), with `sd` renamed to its keys; None if none fits."""
+    shapes = [tuple(v.shape) for v in sd.values()]
+    for name in list_models():
+        try:
+            with torch.device("meta"):
+                ref = create_model(name, classes, channels).state_dict()
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        if [tuple(v.shape) for v in ref.values()] == shapes:
+            return name, dict(zip(ref, sd.values()))
+    return None
+
+
+def _rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Optional[nn.Module], str, str]:
+    """The eager module of a TorchScript file whose weights fit a registered architecture, kept only if
+    its outputs equal the TorchScript ones on random inputs: eager modules take forward hooks, so the
+    BN-statistics prior and feature losses work. Returns (model or None, arch, note)."""
+    sd = {k: v for k, v in scripted.state_dict().items()}
+    try:
+        classes, channels = infer_classes_channels(sd)
+    except ModelError:
+        return None, "", "TorchScript teacher: its weights fit no registered architecture; kept as TorchScript"
+    exact = next((n for n in list_models() if _shape_mismatch(n, sd, classes, channels) is None), None)
+    found = (exact, sd) if exact else _by_position(sd, classes, channels)
+    if found is None:
+        return None, "", "TorchScript teacher: its weights fit no registered architecture; kept as TorchScript"
+    name, weights = found
+    eager = create_model(name, classes, channels)
+    eager.load_state_dict(weights)
+    eager.eval()
+    scripted.eval()
+    x = torch.randn(4, channels, *(size or get_entry(name).default_input_size), generator=torch.Generator().manual_seed(0))
+    diff, tol = math.inf, 0.0
+    try:
+        with torch.no_grad():
+            ref, got = scripted(x), eager(x)
+        if isinstance(ref, torch.Tensor) and ref.shape == got.shape:
+            diff, tol = float((ref - got).abs().max()), 1e-4 * (1 + float(ref.abs().max()))
+    except RuntimeError:  # e.g. a trace fixed to another batch size
+        pass
+    if not diff <= tol:
+        return None, name, (f"TorchScript teacher: its weights fit {name} but its outputs differ from it "
+                            f"(max |diff| {diff:.2g}); kept as TorchScript, so no forward hooks")
+    return eager, name, (f"TorchScript teacher rebuilt as eager {name} (outputs equal on 4 random inputs, "
+                         f"max |diff| {diff:.1e}): forward hooks available")
+
+
 def _first_conv_channels(model: nn.Module) -> int:
     for p in model.state_dict().values():
         if p.dim() == 4:
@@ -169,6 +220,7 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
     overrides = dict(spec_overrides or {})
     want_classes = overrides.pop("num_classes", None)
     provenance: Dict[str, Any] = {}
+    notes: List[str] = []
 
     if kind == "weights" and isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         fmt = "edgekd"
@@ -188,8 +240,18 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
         model.load_state_dict(sd)
         spec = ModelSpec(name, classes, channels, entry.default_input_size,
                          _fit(entry.default_mean, channels), _fit(entry.default_std, channels))
+    elif kind == "torchscript" and arch is None and (rebuilt := _rebuild_eager(obj, overrides.get("input_size")))[0]:
+        fmt = "torchscript"
+        model, name, note = rebuilt
+        notes.append(note)
+        entry = get_entry(name)
+        classes, channels = infer_classes_channels(model.state_dict())
+        spec = ModelSpec(name, classes, channels, entry.default_input_size,
+                         _fit(entry.default_mean, channels), _fit(entry.default_std, channels))
     elif isinstance(obj, nn.Module):
         fmt = "torchscript" if kind == "torchscript" else "pickle"
+        if kind == "torchscript" and arch is None:
+            notes.append(rebuilt[2])
         model = obj
         channels = _first_conv_channels(model)
         size = overrides.get("input_size") or (224, 224)
@@ -205,7 +267,7 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
     if overrides:
         spec = spec.with_(**{k: v for k, v in overrides.items() if v is not None})
     model.eval()
-    return LoadedModel(model, spec, fmt, path, sha256_file(path), provenance)
+    return LoadedModel(model, spec, fmt, path, sha256_file(path), provenance, notes)
 
 
 def _fit(values: Tuple[float, ...], channels: int) -> Tuple[float, ...]:
