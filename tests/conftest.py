@@ -7,6 +7,12 @@ torch.set_num_threads(2)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _plan_cache(tmp_path_factory):
+    """Plans probed by the suite stay in the suite: no user cache read or written."""
+    os.environ["EDGEKD_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def demo_teacher_path():
     from edgekd.cli.distill_cmd import demo_teacher_path

@@ -159,7 +159,9 @@ def test_short_real_run_beats_chance_on_fashion_mnist(tmp_path, demo, fmnist):
     cfg = resolve_config("adversarial", overrides={"iterations": 40, "eval_images": 2000, "eval_every_s": 1e9})
     result = distill(load_model(demo), cfg, tmp_path / "run", eval_data=fmnist)
     assert result.teacher_accuracy > 0.85
-    assert result.metrics["accuracy"] > 0.45, result.metrics  # chance is 0.10
+    # Chance is 0.10. Measured at 40 iterations, seeds 0/1/2 (this test runs seed 0): bf16 on AVX-512
+    # 67.8/50.1/57.2%, fp32 as an AVX2 CPU plans it 67.3/50.2/57.9%: the bound holds on both kinds.
+    assert result.metrics["accuracy"] > 0.45, result.metrics
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "accuracy" in lines[-1]
 
@@ -191,3 +193,41 @@ def test_collapse_is_detected_and_generator_reinitialised(tmp_path, demo):
     assert sum("collapsed to one class" in e for e in result.events) == 2, result.events
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["events"] == result.events
+
+
+def test_each_side_gets_the_fastest_plan_measured_once(tmp_path, monkeypatch):
+    from edgekd.distill.precision import ExecutionPlan
+    from edgekd.distill.probe import cache_path, candidates, fastest_plan
+    from edgekd.models.registry import create_model
+
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path / "cache"))
+    cpu = torch.device("cpu")
+    bf16 = ExecutionPlan(cpu, torch.bfloat16, True, "bf16, channels_last")
+    assert [p.reason for p in candidates(bf16, "auto", "auto")] == ["bf16, channels_last", "fp32, channels_last", "fp32"]
+    assert candidates(bf16, "bf16", "auto") == [bf16]  # asked for: no probe
+    fp32 = ExecutionPlan(cpu, None, False, "fp32")
+    assert len(candidates(fp32, "auto", "auto")) == 2  # no bf16 here: only the memory format is timed
+    model = create_model("lenet5-half", 10, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plans = candidates(bf16, "auto", "auto")
+    plan, note = fastest_plan(model, "lenet5-half", "student", (1, 32, 32), 8, plans)
+    assert plan in plans and "measured" in note and cache_path().exists()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # probing trains nothing
+    again, note = fastest_plan(model, "lenet5-half", "student", (1, 32, 32), 8, plans)
+    assert again == plan and "cached" in note
+
+
+def test_resume_goes_on_with_the_plans_it_started_with(tmp_path, demo):
+    cfg = dict(FAST, iterations=2, checkpoint_every=1)
+    distill(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    state["plans"]["student"] = ["fp32", False]
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    cfg["iterations"] = 3
+    from edgekd.distill.loop import Distiller
+
+    d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
+    d.run(resume=True)
+    assert (d.plans["student"].precision, d.plans["student"].channels_last) == ("fp32", False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["resolved_precision"]["student"] == "fp32" and saved["channels_last"]["student"] is False

@@ -32,6 +32,7 @@ from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.generator import Generator
 from edgekd.distill.hooks import BNStatsHook, FeatureMapHook, PenultimateHook, has_batchnorm
 from edgekd.distill.precision import ExecutionPlan, plan_execution
+from edgekd.distill.probe import candidates, fastest_plan
 from edgekd.distill.replay import ReplayMemory
 from edgekd.errors import TrainingError, UsageError
 from edgekd.fileio import atomic_path, write_json
@@ -162,6 +163,10 @@ def _check_student_takes(student: nn.Module, name: str, spec: ModelSpec) -> None
     student.train()
 
 
+def _apply_memory_format(module: nn.Module, plan: ExecutionPlan) -> None:
+    module.to(memory_format=torch.channels_last if plan.channels_last else torch.contiguous_format)
+
+
 def _reset_weights(module: nn.Module) -> None:
     for m in module.modules():
         if hasattr(m, "reset_parameters") and m is not module:
@@ -193,8 +198,17 @@ class Distiller:
         _check_student_takes(s, cfg.student, self.spec)
         g = Generator(cfg.latent_dim, self.spec.input_shape, cfg.gen_width, cfg.gen_output,
                       self.spec.mean, self.spec.std).to(dev)
-        if self.plan.channels_last:
-            t, s, g = (m.to(memory_format=torch.channels_last) for m in (t, s, g))
+        # Each side gets the fastest plan on this CPU (probe.py); G runs under the teacher's, whose
+        # input it makes and through which its gradients flow.
+        choices = candidates(self.plan, cfg.precision, cfg.channels_last)
+        self.plans: Dict[str, ExecutionPlan] = {}
+        for role, model, name in (("teacher", t, self.spec.arch), ("student", s, cfg.student)):
+            self.plans[role], note = fastest_plan(model, name, role, self.spec.input_shape, cfg.batch_size, choices)
+            if note:
+                self.notes.append(note)
+        _apply_memory_format(t, self.plans["teacher"])
+        _apply_memory_format(g, self.plans["teacher"])
+        _apply_memory_format(s, self.plans["student"])
         d = Discriminator(k).to(dev) if cfg.w_gan > 0 else None
         self.m = _Models(
             teacher=t, student=s, generator=g, disc=d,
@@ -260,19 +274,28 @@ class Distiller:
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.latent_dim, device=self.plan.device)
 
-    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.plan.channels_last else x
+    @property
+    def plan_reason(self) -> str:
+        t, s = self.plans["teacher"], self.plans["student"]
+        return t.reason if t == s else f"teacher {t.reason}; student {s.reason}"
+
+    def _fmt(self, x: torch.Tensor, role: str) -> torch.Tensor:
+        plan = self.plans[role]
+        if plan.dtype is None and x.dtype != torch.float32:  # bf16 images from G into an fp32 model
+            x = x.float()
+        return x.contiguous(memory_format=torch.channels_last) if plan.channels_last else x
 
     # ---------------------------------------------------------------- one iteration
     def _generator_step(self) -> Dict[str, torch.Tensor]:
-        cfg, m, plan = self.cfg, self.m, self.plan
+        cfg, m = self.cfg, self.m
         m.student.requires_grad_(False)  # G's loss must not spend time on student gradients
         if self.bn_hook:
             self.bn_hook.enabled = True
-        with plan.autocast():
+        with self.plans["teacher"].autocast():
             x = jitter(m.generator(self._z(cfg.batch_size)), cfg.g_jitter)
-            t_logits = m.teacher(self._fmt(x))
-            s_logits = m.student(self._fmt(x)) if cfg.w_adv else None
+            t_logits = m.teacher(self._fmt(x, "teacher"))
+        with self.plans["student"].autocast():
+            s_logits = m.student(self._fmt(x, "student")) if cfg.w_adv else None
         if self.bn_hook:
             self.bn_hook.enabled = False
         terms: Dict[str, torch.Tensor] = {}
@@ -303,7 +326,7 @@ class Distiller:
         """shared_batch: the first S step learns from G's own batch, later ones from replay memory
         (no extra generator passes: G costs 20x the student at 32x32). Otherwise every S step
         draws fresh samples, as DFAD/ZSKT do."""
-        cfg, m, plan = self.cfg, self.m, self.plan
+        cfg, m = self.cfg, self.m
         if cfg.shared_batch and not first:
             if len(self.memory) >= cfg.batch_size:
                 return self.memory.sample(cfg.batch_size)
@@ -311,9 +334,9 @@ class Distiller:
         if cfg.shared_batch:
             x, t = self._last_batch
         else:
-            with torch.no_grad(), plan.autocast():
+            with torch.no_grad(), self.plans["teacher"].autocast():
                 x = m.generator(self._z(cfg.batch_size))
-                t = m.teacher(self._fmt(x))
+                t = m.teacher(self._fmt(x, "teacher"))
         self.memory.push(x, t)
         n_old = int(cfg.batch_size * cfg.replay_fraction) if len(self.memory) >= 2 * cfg.batch_size else 0
         if n_old:
@@ -323,14 +346,14 @@ class Distiller:
         return x, t
 
     def _student_step(self, first: bool) -> Dict[str, torch.Tensor]:
-        cfg, m, plan = self.cfg, self.m, self.plan
+        cfg, m = self.cfg, self.m
         x, t_logits = self._student_batch(first)
         if self.at_t is not None:
             self.at_t.enabled = self.at_s.enabled = True
-            with torch.no_grad(), plan.autocast():
-                m.teacher(self._fmt(x))  # AT needs the teacher's feature maps of this very batch
-        with plan.autocast():
-            s_logits = m.student(self._fmt(x))
+            with torch.no_grad(), self.plans["teacher"].autocast():
+                m.teacher(self._fmt(x, "teacher"))  # AT needs the teacher's feature maps of this very batch
+        with self.plans["student"].autocast():
+            s_logits = m.student(self._fmt(x, "student"))
         terms = {"kd": L.DIVERGENCES[cfg.kd_loss](s_logits, t_logits, cfg.tau)}
         if self.at_t is not None:
             self.at_t.enabled = self.at_s.enabled = False
@@ -414,11 +437,12 @@ class Distiller:
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def _predict(self, model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        role = "teacher" if model is self.m.teacher else "student"
         model.eval()
         out = []
         for i in range(0, len(x), batch):
-            with self.plan.autocast():
-                out.append(model(self._fmt(x[i:i + batch])).argmax(1))
+            with self.plans[role].autocast():
+                out.append(model(self._fmt(x[i:i + batch], role)).argmax(1))
         return torch.cat(out)
 
     def evaluate(self) -> Dict[str, float]:
@@ -433,7 +457,7 @@ class Distiller:
                 self.teacher_accuracy = float((self.teacher_pred_real == self.eval_y).float().mean())
             result["agreement_real"] = float((pred == self.teacher_pred_real).float().mean())
         gen = copy.deepcopy(self.m.generator).train()  # batch statistics, like training; G itself untouched
-        with torch.no_grad(), self.plan.autocast():
+        with torch.no_grad(), self.plans["teacher"].autocast():
             x = torch.cat([gen(self.eval_z[i:i + 256]) for i in range(0, len(self.eval_z), 256)]).float()
         agree = self._predict(self.m.final_student, x) == self._predict(self.m.teacher, x)
         result["agreement_synthetic"] = float(agree.float().mean())
@@ -456,6 +480,7 @@ class Distiller:
             "lr_scale": self.lr_scale, "collapse_run": self.collapse_run, "events": self.events,
             "ema_updates": self.ema_updates,
             "teacher_sha256": self.teacher_info.sha256, "config": self.cfg.to_dict(),
+            "plans": {role: [p.precision, p.channels_last] for role, p in self.plans.items()},
         }
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
@@ -474,6 +499,7 @@ class Distiller:
         for key in ("method", "student", "batch_size", "latent_dim", "gen_width"):
             if saved[key] != getattr(self.cfg, key):
                 raise UsageError(f"--resume: {key} was {saved[key]!r} in this run, not {getattr(self.cfg, key)!r}")
+        self._restore_plans(state.get("plans"))
         self.m.load_state_dict(state["models"])
         self.memory.load_state_dict(state["memory"])
         for k, v in state["scalers"].items():
@@ -492,6 +518,20 @@ class Distiller:
             log.write_text("".join(line + "\n" for line in kept))
             self.history = [json.loads(line) for line in kept]
         self.progress.message(f"resumed {self.run_dir} at step {self.step} ({self.elapsed:.0f}s done)")
+
+    def _restore_plans(self, saved: Optional[Dict[str, Any]]) -> None:
+        """A resumed run goes on with the plans it started with, whatever a probe would say today."""
+        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        for role, (precision, cl) in (saved or {}).items():
+            plan = self.plans[role]
+            if (plan.precision, plan.channels_last) != (precision, cl):
+                reason = f"{precision}{', channels_last' if cl else ''} (resumed)"
+                self.plans[role] = ExecutionPlan(plan.device, dtypes[precision], bool(cl), reason)
+        _apply_memory_format(self.m.teacher, self.plans["teacher"])
+        _apply_memory_format(self.m.generator, self.plans["teacher"])
+        for model in (self.m.student, self.m.ema):
+            if model is not None:
+                _apply_memory_format(model, self.plans["student"])
 
     def _student_spec(self) -> ModelSpec:
         return self.spec.with_(arch=get_entry(self.cfg.student).name, extra={})
@@ -520,8 +560,10 @@ class Distiller:
             self.load_checkpoint()
         else:
             (self.run_dir / "metrics.jsonl").write_text("")
-        write_json(self.run_dir / "config.json", {**cfg.to_dict(), "resolved_precision": self.plan.precision,
-                                                  "device_plan": self.plan.reason, "notes": self.notes})
+        write_json(self.run_dir / "config.json", {
+            **cfg.to_dict(), "resolved_precision": {r: p.precision for r, p in self.plans.items()},
+            "channels_last": {r: p.channels_last for r, p in self.plans.items()},
+            "device_plan": self.plan_reason, "notes": self.notes})
         for note in self.notes:
             self.progress.message(note)
         self.progress.start(f"distill {self.spec.arch} -> {cfg.student} ({cfg.method})")
@@ -580,12 +622,12 @@ class Distiller:
             write_artifacts(self)
         summary = {"steps": self.step, "seconds": round(self.elapsed, 1), "interrupted": interrupted,
                    "final": latest, "teacher_accuracy": self.teacher_accuracy, "events": self.events,
-                   "plan": self.plan.reason, "method": cfg.method, "student": cfg.student,
+                   "plan": self.plan_reason, "method": cfg.method, "student": cfg.student,
                    "teacher": {"file": str(self.teacher_info.path), "sha256": self.teacher_info.sha256,
                                "format": self.teacher_info.format, "spec": self.spec.to_dict()}}
         write_json(self.run_dir / "summary.json", summary)
         return DistillResult(self.run_dir, student_path, self.step, self.elapsed, interrupted, latest,
-                             self.teacher_accuracy, list(self.events), self.plan.reason)
+                             self.teacher_accuracy, list(self.events), self.plan_reason)
 
     def _warn_if_chance(self, metrics: Dict[str, float]) -> None:
         k = self.spec.num_classes
