@@ -51,7 +51,7 @@ def time_setting(teacher: str, student: str, channels: int, size: int, batch: in
             d._iteration()  # returns loss values, which synchronises with the device
         dt = (time.perf_counter() - t0) / n
     return {"teacher": teacher, "student": student, "input": f"{channels}x{size}x{size}", "batch": batch,
-            "plan": d.plan.reason, "precision": d.plan.precision, "channels_last": d.plan.channels_last,
+            "plan": d.plan_reason, "precision": d.plans["student"].precision, "channels_last": d.plans["student"].channels_last,
             "seconds_per_iteration": dt, "iterations_per_s": 1 / dt, "synthetic_images_per_s": batch / dt,
             "student_updates_per_s": cfg.s_steps / dt, "timed_iterations": n}
 

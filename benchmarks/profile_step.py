@@ -64,7 +64,7 @@ def main() -> None:
             d._iteration()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40)
     row = {"teacher": args.teacher, "student": args.student, "input": f"{args.channels}x{args.size}x{args.size}",
-           "batch": args.batch, "plan": d.plan.reason, "s_steps": cfg.s_steps,
+           "batch": args.batch, "plan": d.plan_reason, "s_steps": cfg.s_steps,
            "generator_step_s": g_s, "student_step_s": s_s, "teacher_forward_s": t_s,
            "iteration_s_estimate": g_s + cfg.s_steps * s_s, "cpu": cpu_summary(), "command": "python " + " ".join(sys.argv)}
     print(json.dumps(row, indent=1))

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from edgekd.distill.config import parse_duration, parse_sets, resolve_config
-from edgekd.distill.loop import distill
+from edgekd.distill.loop import Distiller, distill
 from edgekd.distill.presets import PRESETS
 from edgekd.errors import UsageError
 from edgekd.models.checkpoint import LoadedModel, load_model
@@ -218,16 +218,31 @@ def test_each_side_gets_the_fastest_plan_measured_once(tmp_path, monkeypatch):
 
 
 def test_resume_goes_on_with_the_plans_it_started_with(tmp_path, demo):
-    cfg = dict(FAST, iterations=2, checkpoint_every=1)
+    cfg = dict(FAST, iterations=1, calib_images=8)
     distill(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     state["plans"]["student"] = ["fp32", False]
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
-    cfg["iterations"] = 3
-    from edgekd.distill.loop import Distiller
-
+    cfg["iterations"] = 2
     d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
     d.run(resume=True)
     assert (d.plans["student"].precision, d.plans["student"].channels_last) == ("fp32", False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["resolved_precision"]["student"] == "fp32" and saved["channels_last"]["student"] is False
+
+
+def test_student_steps_follow_their_measured_cost(tmp_path, demo):
+    cfg = dict(FAST, iterations=3, calib_images=8, s_steps=6, s_time_ratio=2.0)
+    first = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "a")
+    first.run()
+    assert 1 <= first.s_steps <= 6 and first.s_steps_chosen
+    assert any("student steps per generator step" in e for e in first.events)
+    # The same setting on this machine takes the same schedule (cached), so two runs agree.
+    second = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "b")
+    second.run()
+    assert second.s_steps == first.s_steps and "cached" in second.events[-1]
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["s_steps"] == first.s_steps
+    fixed = Distiller(load_model(demo), resolve_config("adversarial", overrides={**cfg, "s_time_ratio": 0}),
+                      tmp_path / "c")
+    fixed.run()
+    assert fixed.s_steps == 6 and not fixed.s_steps_chosen

@@ -3,6 +3,7 @@ generator images (no real data needed) or on real images when the user has some.
 
 from __future__ import annotations
 
+import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,9 @@ def choose_quantization(target: Target, calibration: str = "minmax", vnni: Optio
         reason = (f"{source}: without VNNI/AMX, ONNX Runtime's U8S8 kernels (VPMADDUBSW) sum pairs of u8 x s8 "
                   "products in int16, which saturates with full-range weights; 7-bit weights (reduce_range) keep "
                   "every pair inside int16")
+    x86_here = platform.machine() in ("x86_64", "AMD64")
     return QuantizeOptions(calibration, reduce_range=not has, reason=reason,
-                           kernels_match_device=(here is not None) == has)
+                           kernels_match_device=x86_here and (here is not None) == has)
 
 
 class _ArrayReader:

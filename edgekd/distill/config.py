@@ -49,7 +49,8 @@ class DistillConfig:
     tau: float = 1.0
     # schedule
     g_steps: int = 1
-    s_steps: int = 1
+    s_steps: int = 1  # student steps per G step; with s_time_ratio > 0, the most it may be
+    s_time_ratio: float = 0.0  # > 0: after two iterations, s_steps = this x (G step time / S step time), capped
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
     lr_g: float = 1e-3
     lr_s: float = 2e-3
@@ -105,6 +106,8 @@ class DistillConfig:
             raise UsageError("ema_decay must be in [0, 1)")
         if self.g_steps < 1 or self.s_steps < 1:
             raise UsageError("g_steps and s_steps must be >= 1")
+        if not self.s_time_ratio >= 0:
+            raise UsageError("s_time_ratio must be >= 0 (0: a fixed s_steps)")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -32,7 +32,7 @@ from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.generator import Generator
 from edgekd.distill.hooks import BNStatsHook, FeatureMapHook, PenultimateHook, has_batchnorm
 from edgekd.distill.precision import ExecutionPlan, plan_execution
-from edgekd.distill.probe import candidates, fastest_plan
+from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
 from edgekd.distill.replay import ReplayMemory
 from edgekd.errors import TrainingError, UsageError
 from edgekd.fileio import atomic_path, write_json
@@ -224,6 +224,8 @@ class Distiller:
                                    cfg.replay_policy)
         self.scalers = {name: torch.amp.GradScaler(dev.type, enabled=self.plan.needs_grad_scaler)
                         for name in ("g", "s", "d")}
+        self.s_steps = cfg.s_steps  # may follow the measured step costs after iteration 2 (s_time_ratio)
+        self.s_steps_chosen = False
         self.step = 0
         self.elapsed = 0.0
         self.lr_scale = 1.0
@@ -399,13 +401,40 @@ class Distiller:
         self.m.generator.train()
         self.m.student.train()
         terms: Dict[str, torch.Tensor] = {}
+        # The second iteration (warm, representative) is timed when S steps follow their cost.
+        timing = cfg.s_time_ratio > 0 and self.step == 1 and not self.s_steps_chosen
+        t0 = self._now(timing)
         for _ in range(cfg.g_steps):
             terms.update(self._generator_step())
-        for i in range(cfg.s_steps):
+        t1 = self._now(timing)
+        for i in range(self.s_steps):
             terms.update(self._student_step(first=i == 0))
+        if timing:
+            self._choose_s_steps(t1 - t0, (self._now(timing) - t1) / self.s_steps)
         names = list(terms)
         values = torch.stack([terms[n].float().cpu() for n in names]).tolist()  # one sync per iteration
         return dict(zip(names, values))
+
+    def _now(self, timing: bool) -> float:
+        if timing and self.plan.device.type == "cuda":
+            torch.cuda.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
+        return time.perf_counter()
+
+    def _choose_s_steps(self, g_seconds: float, s_seconds: float) -> None:
+        """Student steps per G step so the student's time is about s_time_ratio x the generator's,
+        between 1 and cfg.s_steps. Cached like the plans, so two runs on one machine (and a run and
+        its resumed self, which stores it) take the same schedule."""
+        cfg = self.cfg
+        key = "s_steps|" + "|".join([plan_key(r, n, self.spec.input_shape, cfg.batch_size, [self.plans[r]])
+                                     for r, n in (("teacher", self.spec.arch), ("student", cfg.student))]
+                                    + [str(cfg.s_time_ratio), str(cfg.s_steps), str(cfg.g_steps)])
+        want = cfg.s_time_ratio * g_seconds / max(s_seconds, 1e-9)
+        n, hit = cached(key, lambda: max(1, min(cfg.s_steps, round(want))))
+        self.s_steps, self.s_steps_chosen = int(n), True
+        self._event(f"step {self.step + 1}: {self.s_steps} student steps per generator step from here "
+                    + ("(cached for this setting)" if hit else
+                       f"(G step {g_seconds:.3f}s, S step {s_seconds:.3f}s, S time up to {cfg.s_time_ratio:g}x G's, "
+                       f"at most {cfg.s_steps})"))
 
     # ---------------------------------------------------------------- robustness
     def _take_snapshot(self) -> None:
@@ -481,6 +510,7 @@ class Distiller:
             "ema_updates": self.ema_updates,
             "teacher_sha256": self.teacher_info.sha256, "config": self.cfg.to_dict(),
             "plans": {role: [p.precision, p.channels_last] for role, p in self.plans.items()},
+            "s_steps": [self.s_steps, self.s_steps_chosen],
         }
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
@@ -511,6 +541,8 @@ class Distiller:
         self.lr_scale, self.collapse_run = float(state["lr_scale"]), int(state["collapse_run"])
         self.events = list(state["events"])
         self.ema_updates = int(state.get("ema_updates", 0))
+        self.s_steps, self.s_steps_chosen = state.get("s_steps", [self.cfg.s_steps, False])
+        self.s_steps = int(self.s_steps)
         # Metrics logged after the checkpoint belong to the lost future: drop them.
         log = self.run_dir / "metrics.jsonl"
         if log.exists():
@@ -622,7 +654,7 @@ class Distiller:
             write_artifacts(self)
         summary = {"steps": self.step, "seconds": round(self.elapsed, 1), "interrupted": interrupted,
                    "final": latest, "teacher_accuracy": self.teacher_accuracy, "events": self.events,
-                   "plan": self.plan_reason, "method": cfg.method, "student": cfg.student,
+                   "plan": self.plan_reason, "s_steps": self.s_steps, "method": cfg.method, "student": cfg.student,
                    "teacher": {"file": str(self.teacher_info.path), "sha256": self.teacher_info.sha256,
                                "format": self.teacher_info.format, "spec": self.spec.to_dict()}}
         write_json(self.run_dir / "summary.json", summary)

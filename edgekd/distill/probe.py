@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -73,7 +73,7 @@ def _seconds(model: nn.Module, shape: Tuple[int, ...], batch: int, plan: Executi
     return (time.perf_counter() - t0) / 2
 
 
-def _key(role: str, name: str, shape: Tuple[int, ...], batch: int, plans: List[ExecutionPlan]) -> str:
+def plan_key(role: str, name: str, shape: Tuple[int, ...], batch: int, plans: List[ExecutionPlan]) -> str:
     return "|".join([role, name, "x".join(map(str, shape)), str(batch), torch.__version__,
                      str(torch.get_num_threads()), " ".join(f for f in RELEVANT_FLAGS if f in torch_cpu_flags()),
                      ",".join(p.reason for p in plans)])
@@ -86,25 +86,30 @@ def _read_cache() -> Dict[str, Dict]:
         return {}
 
 
+def cached(key: str, measure: Callable[[], Any]) -> Tuple[Any, bool]:
+    """The value cached under `key`, or `measure()` stored there; and whether it was cached."""
+    cache = _read_cache()
+    if key in cache:
+        return cache[key], True
+    value = cache[key] = measure()
+    try:
+        write_json(cache_path(), cache)
+    except OSError:  # a read-only home: measure again next time
+        pass
+    return value, False
+
+
 def fastest_plan(model: nn.Module, name: str, role: str, shape: Tuple[int, ...], batch: int,
                  plans: List[ExecutionPlan]) -> Tuple[ExecutionPlan, str]:
     """The quickest plan for `model` in `role`, and a note saying what was measured."""
     if len(plans) == 1:
         return plans[0], ""
-    key = _key(role, name, shape, batch, plans)
-    cache = _read_cache()
-    if key in cache:
-        seconds = cache[key]["seconds"]
-        how = "cached"
-    else:
+    def measure() -> List[float]:
         with torch.random.fork_rng(devices=[]):  # the run's random stream stays as if no probe ran
-            seconds = [_seconds(model, shape, batch, p, role) for p in plans]
-        cache[key] = {"seconds": seconds}
-        try:
-            write_json(cache_path(), cache)
-        except OSError:  # a read-only home: measure again next time
-            pass
-        how = "measured"
+            return [_seconds(model, shape, batch, p, role) for p in plans]
+
+    seconds, hit = cached(plan_key(role, name, shape, batch, plans), measure)
+    how = "cached" if hit else "measured"
     best = min(range(len(plans)), key=lambda i: seconds[i])
     timings = ", ".join(f"{p.reason} {s:.3f}s" for p, s in zip(plans, seconds))
     return plans[best], f"{role} {name}: {plans[best].reason} ({how} per step: {timings})"
