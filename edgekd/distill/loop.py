@@ -429,7 +429,8 @@ class Distiller:
                                      for r, n in (("teacher", self.spec.arch), ("student", cfg.student))]
                                     + [str(cfg.s_time_ratio), str(cfg.s_steps), str(cfg.g_steps)])
         want = cfg.s_time_ratio * g_seconds / max(s_seconds, 1e-9)
-        n, hit = cached(key, lambda: max(1, min(cfg.s_steps, round(want))))
+        n, hit = cached(key, lambda: max(1, min(cfg.s_steps, round(want))),
+                        lambda v: isinstance(v, int) and 1 <= v <= cfg.s_steps)
         self.s_steps, self.s_steps_chosen = int(n), True
         self._event(f"step {self.step + 1}: {self.s_steps} student steps per generator step from here "
                     + ("(cached for this setting)" if hit else

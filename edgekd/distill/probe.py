@@ -86,10 +86,11 @@ def _read_cache() -> Dict[str, Dict]:
         return {}
 
 
-def cached(key: str, measure: Callable[[], Any]) -> Tuple[Any, bool]:
-    """The value cached under `key`, or `measure()` stored there; and whether it was cached."""
+def cached(key: str, measure: Callable[[], Any], valid: Callable[[Any], bool]) -> Tuple[Any, bool]:
+    """The value cached under `key`, or `measure()` stored there; and whether it was cached. A cached
+    value that is not `valid` (an older edgekd's format, a hand edit) is measured again."""
     cache = _read_cache()
-    if key in cache:
+    if key in cache and valid(cache[key]):
         return cache[key], True
     value = cache[key] = measure()
     try:
@@ -108,7 +109,10 @@ def fastest_plan(model: nn.Module, name: str, role: str, shape: Tuple[int, ...],
         with torch.random.fork_rng(devices=[]):  # the run's random stream stays as if no probe ran
             return [_seconds(model, shape, batch, p, role) for p in plans]
 
-    seconds, hit = cached(plan_key(role, name, shape, batch, plans), measure)
+    def valid(v: Any) -> bool:
+        return isinstance(v, list) and len(v) == len(plans) and all(isinstance(t, (int, float)) for t in v)
+
+    seconds, hit = cached(plan_key(role, name, shape, batch, plans), measure, valid)
     how = "cached" if hit else "measured"
     best = min(range(len(plans)), key=lambda i: seconds[i])
     timings = ", ".join(f"{p.reason} {s:.3f}s" for p, s in zip(plans, seconds))
