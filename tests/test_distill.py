@@ -160,7 +160,7 @@ def test_short_real_run_beats_chance_on_fashion_mnist(tmp_path, demo, fmnist):
     result = distill(load_model(demo), cfg, tmp_path / "run", eval_data=fmnist)
     assert result.teacher_accuracy > 0.85
     # Chance is 0.10. Measured at 40 iterations, seeds 0/1/2 (this test runs seed 0): bf16 on AVX-512
-    # 67.8/50.1/57.2%, fp32 as an AVX2 CPU plans it 67.3/50.2/57.9%: the bound holds on both kinds.
+    # 67.8/50.1/57.2%, fp32 as an AVX2 CPU plans it (per-side plans) 65.2/50.7/58.8%: the bound holds on both.
     assert result.metrics["accuracy"] > 0.45, result.metrics
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "accuracy" in lines[-1]
