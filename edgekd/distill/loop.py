@@ -31,7 +31,7 @@ from edgekd.distill.config import DistillConfig
 from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.generator import Generator
 from edgekd.distill.hooks import BNStatsHook, FeatureMapHook, PenultimateHook, has_batchnorm
-from edgekd.distill.precision import ExecutionPlan, plan_execution
+from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
 from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
 from edgekd.distill.replay import ReplayMemory
 from edgekd.errors import TrainingError, UsageError
@@ -163,10 +163,6 @@ def _check_student_takes(student: nn.Module, name: str, spec: ModelSpec) -> None
     student.train()
 
 
-def _apply_memory_format(module: nn.Module, plan: ExecutionPlan) -> None:
-    module.to(memory_format=torch.channels_last if plan.channels_last else torch.contiguous_format)
-
-
 def _reset_weights(module: nn.Module) -> None:
     for m in module.modules():
         if hasattr(m, "reset_parameters") and m is not module:
@@ -206,9 +202,9 @@ class Distiller:
             self.plans[role], note = fastest_plan(model, name, role, self.spec.input_shape, cfg.batch_size, choices)
             if note:
                 self.notes.append(note)
-        _apply_memory_format(t, self.plans["teacher"])
-        _apply_memory_format(g, self.plans["teacher"])
-        _apply_memory_format(s, self.plans["student"])
+        self.plans["teacher"].module(t)
+        self.plans["teacher"].module(g)
+        self.plans["student"].module(s)
         d = Discriminator(k).to(dev) if cfg.w_gan > 0 else None
         self.m = _Models(
             teacher=t, student=s, generator=g, disc=d,
@@ -282,10 +278,7 @@ class Distiller:
         return t.reason if t == s else f"teacher {t.reason}; student {s.reason}"
 
     def _fmt(self, x: torch.Tensor, role: str) -> torch.Tensor:
-        plan = self.plans[role]
-        if plan.dtype is None and x.dtype != torch.float32:  # bf16 images from G into an fp32 model
-            x = x.float()
-        return x.contiguous(memory_format=torch.channels_last) if plan.channels_last else x
+        return self.plans[role].tensor(x)
 
     # ---------------------------------------------------------------- one iteration
     def _generator_step(self) -> Dict[str, torch.Tensor]:
@@ -554,17 +547,16 @@ class Distiller:
 
     def _restore_plans(self, saved: Optional[Dict[str, Any]]) -> None:
         """A resumed run goes on with the plans it started with, whatever a probe would say today."""
-        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
         for role, (precision, cl) in (saved or {}).items():
             plan = self.plans[role]
             if (plan.precision, plan.channels_last) != (precision, cl):
                 reason = f"{precision}{', channels_last' if cl else ''} (resumed)"
-                self.plans[role] = ExecutionPlan(plan.device, dtypes[precision], bool(cl), reason)
-        _apply_memory_format(self.m.teacher, self.plans["teacher"])
-        _apply_memory_format(self.m.generator, self.plans["teacher"])
+                self.plans[role] = ExecutionPlan(plan.device, DTYPES[precision], bool(cl), reason)
+        self.plans["teacher"].module(self.m.teacher)
+        self.plans["teacher"].module(self.m.generator)
         for model in (self.m.student, self.m.ema):
             if model is not None:
-                _apply_memory_format(model, self.plans["student"])
+                self.plans["student"].module(model)
 
     def _student_spec(self) -> ModelSpec:
         return self.spec.with_(arch=get_entry(self.cfg.student).name, extra={})

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from typing import ContextManager, Optional
 
 import torch
+import torch.nn as nn
 
 from edgekd.cpu import cpu_flags, torch_cpu_flags
 from edgekd.errors import UsageError
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype by name
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,16 @@ class ExecutionPlan:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def module(self, m: nn.Module) -> nn.Module:
+        """`m` in this plan's memory format (in place, as nn.Module.to is)."""
+        return m.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` as a model under this plan takes it: fp32 models get bf16 images as float."""
+        if self.dtype is None and x.dtype != torch.float32:
+            x = x.float()
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @property
     def needs_grad_scaler(self) -> bool:
@@ -57,7 +70,7 @@ def plan_execution(device: str = "auto", precision: str = "auto", channels_last:
         reason = f"{precision} as asked"
     if precision == "fp16" and dev.type == "cpu":
         raise UsageError("fp16 autocast is for CUDA; on a CPU use --precision bf16 or fp32")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = DTYPES[precision]
     if channels_last == "auto":
         # channels_last pays with reduced-precision kernels (oneDNN on CPU, tensor cores on GPU).
         use_cl = dtype is not None

@@ -26,8 +26,6 @@ from edgekd.cpu import RELEVANT_FLAGS, torch_cpu_flags
 from edgekd.distill.precision import ExecutionPlan
 from edgekd.fileio import write_json
 
-ROLES = ("teacher", "student")
-
 
 def cache_path() -> Path:
     root = os.environ.get("EDGEKD_CACHE_DIR") or Path.home() / ".cache" / "edgekd"
@@ -46,10 +44,8 @@ def candidates(base: ExecutionPlan, precision: str, channels_last: str) -> List[
 
 
 def _step(model: nn.Module, x: torch.Tensor, plan: ExecutionPlan, role: str) -> None:
-    if plan.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     with plan.autocast():
-        out = model(x)
+        out = model(plan.tensor(x))
     loss = out.float().logsumexp(1).mean()
     if role == "teacher":  # the generator step: gradients flow to the input, not the frozen weights
         torch.autograd.grad(loss, x)
@@ -60,8 +56,7 @@ def _step(model: nn.Module, x: torch.Tensor, plan: ExecutionPlan, role: str) -> 
 def _seconds(model: nn.Module, shape: Tuple[int, ...], batch: int, plan: ExecutionPlan, role: str) -> float:
     # The student is copied (its weights and BN statistics must not move); the frozen teacher is timed
     # in place (a TorchScript teacher may not copy), and its memory format is set again by the caller.
-    m = (copy.deepcopy(model) if role == "student" else model).float().to(plan.device)
-    m = m.to(memory_format=torch.channels_last) if plan.channels_last else m.to(memory_format=torch.contiguous_format)
+    m = plan.module((copy.deepcopy(model) if role == "student" else model).float().to(plan.device))
     m.train(role == "student")
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)).to(plan.device)
     x.requires_grad_(role == "teacher")
@@ -79,7 +74,7 @@ def plan_key(role: str, name: str, shape: Tuple[int, ...], batch: int, plans: Li
                      ",".join(p.reason for p in plans)])
 
 
-def _read_cache() -> Dict[str, Dict]:
+def _read_cache() -> Dict[str, Any]:
     try:
         return json.loads(cache_path().read_text())
     except (OSError, ValueError):

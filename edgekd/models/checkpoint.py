@@ -166,16 +166,20 @@ def _rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tupl
     """The eager module of a TorchScript file whose weights fit a registered architecture, kept only if
     its outputs equal the TorchScript ones on random inputs: eager modules take forward hooks, so the
     BN-statistics prior and feature losses work. Returns (model or None, arch, note)."""
-    sd = {k: v for k, v in scripted.state_dict().items()}
+    sd = dict(scripted.state_dict())
     try:
-        classes, channels = infer_classes_channels(sd)
-    except ModelError:
-        return None, "", "TorchScript teacher: its weights fit no registered architecture; kept as TorchScript"
-    exact = next((n for n in list_models() if _shape_mismatch(n, sd, classes, channels) is None), None)
-    found = (exact, sd) if exact else _by_position(sd, classes, channels)
-    if found is None:
-        return None, "", "TorchScript teacher: its weights fit no registered architecture; kept as TorchScript"
-    name, weights = found
+        name, classes, channels = infer_arch(sd)
+        weights = sd
+    except ModelError:  # no fit by name (or not a classifier's weights): try by position
+        found = None
+        try:
+            classes, channels = infer_classes_channels(sd)
+            found = _by_position(sd, classes, channels)
+        except ModelError:
+            pass
+        if found is None:
+            return None, "", "TorchScript teacher: its weights fit no registered architecture; kept as TorchScript"
+        name, weights = found
     eager = create_model(name, classes, channels)
     eager.load_state_dict(weights)
     eager.eval()
