@@ -68,6 +68,8 @@ def test_int8_scheme_follows_the_cpu(tmp_path):
     assert told.reduce_range and not told.kernels_match_device
     orin = choose_quantization(get_target("jetson-orin-nano"), flags=frozenset({"avx2"}))
     assert orin.symmetric and not orin.reduce_range
+    with pytest.raises(UsageError, match="use yes, no or detect"):
+        choose_quantization(x86, vnni="maybe")
     with pytest.raises(UsageError, match="--vnni applies to x86"):
         choose_quantization(get_target("jetson-orin-nano"), vnni="no")
     assert not choose_quantization(get_target("arm64-cpu"), flags=frozenset()).reduce_range

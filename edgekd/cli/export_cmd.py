@@ -40,8 +40,6 @@ def export_cmd(
         if not Path("student.pt").exists():
             raise UsageError("no SOURCE given and the current directory is not a distill run: give a run directory")
         source = Path(".")
-    if vnni is not None and vnni not in ("detect", "yes", "no"):
-        raise UsageError(f"--vnni {vnni!r}: use yes, no or detect")
     tgt = get_target(target)
     prec = precision or tgt.default_precision
     tgt.check_precision(prec)

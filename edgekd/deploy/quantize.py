@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekd.cpu import cpu_flags, int8_dot_product
 from edgekd.deploy.onnx_export import INPUT_NAME, ort_logits, ort_session
-from edgekd.deploy.targets import Target
+from edgekd.deploy.targets import VNNI_CHOICES, Target
 from edgekd.errors import DataError, UsageError
 from edgekd.fileio import atomic_path
 
@@ -40,6 +40,8 @@ def choose_quantization(target: Target, calibration: str = "minmax", vnni: Optio
                         flags: Optional[FrozenSet[str]] = None) -> QuantizeOptions:
     """The INT8 scheme that keeps agreement on the target's kernels. `vnni` overrides the target's
     setting ("detect": the export machine is the device); `flags` are the export machine's CPU flags."""
+    if vnni is not None and vnni not in VNNI_CHOICES[1:]:
+        raise UsageError(f"--vnni {vnni!r}: use yes, no or detect")
     if vnni and not target.vnni:
         raise UsageError(f"--vnni applies to x86 CPU targets; {target.name} is not one")
     if target.int8_symmetric:
