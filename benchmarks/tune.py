@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def main() -> None:
         overrides = {"mean": (args.mean,), "std": (args.std,)} if args.mean is not None else {}
         if args.input_size:
             overrides["input_size"] = (args.input_size, args.input_size)
-        result = distill(load_model(path, spec_overrides=overrides), cfg, Path("/tmp/edgekd-tune") / f"{path.stem}-{args.student}-{variant.replace(',', '_')}", data)
+        run_dir = Path("/tmp/edgekd-tune") / f"{path.stem}-{args.student}-{variant.replace(',', '_')}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a scratch run per variant: edgekd refuses to overwrite one
+        result = distill(load_model(path, spec_overrides=overrides), cfg, run_dir, data)
         row = {"teacher": args.teacher_name or path.name, "method": args.method, "student": args.student,
                "variant": variant, "budget_s": args.budget, "steps": result.steps,
                "accuracy": round(result.metrics["accuracy"], 4),

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 from edgekd.errors import InputFileError, UsageError
 
@@ -47,10 +47,27 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-@contextmanager
-def atomic_dir(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds."""
+def check_replaceable(path: PathLike, replaceable: Callable[[Path], bool], what: str) -> None:
+    """`path` may be written over only if it is absent, an empty directory, or `replaceable` (an
+    earlier output of the same kind): a --out that names anything else is never emptied."""
     path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UsageError(f"--out {path} is a file: choose a new directory for the {what}")
+    if any(path.iterdir()) and not replaceable(path):
+        raise UsageError(f"--out {path} is a directory that is not an earlier {what}: choose a new directory "
+                         "(nothing in it was touched)")
+
+
+@contextmanager
+def atomic_dir(path: PathLike, replaceable: Callable[[Path], bool] = lambda _: False,
+               what: str = "output") -> Iterator[Path]:
+    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds, and
+    only if `path` is absent, empty or `replaceable`. The old directory is moved aside, the new one
+    renamed in, then the old one deleted: a kill at any point leaves one whole copy at `path` or beside."""
+    path = Path(path)
+    check_replaceable(path, replaceable, what)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -59,9 +76,14 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
+        check_replaceable(path, replaceable, what)  # again: it may have changed while we worked
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
+            os.replace(path, old)  # rename(2) may replace an empty directory
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -180,4 +180,4 @@ def test_device_script_is_python36_syntax():
     tree = ast.parse(src, feature_version=(3, 6))
     imported = {n.names[0].name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"json", "os", "sys", "time", "numpy", "tensorrt", "pycuda", "hashlib"}
+    assert imported <= {"json", "os", "sys", "tempfile", "time", "numpy", "tensorrt", "pycuda", "hashlib"}

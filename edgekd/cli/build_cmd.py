@@ -19,12 +19,16 @@ def build_cmd(
     from edgekd.deploy import trt_device
     from edgekd.deploy.manifest import load_manifest
 
-    manifest = load_manifest(bundle)
+    manifest = load_manifest(bundle, verify=False)  # build_bundle verifies it, after the runtime check
     if manifest.get("runtime") != "tensorrt":
         raise UsageError(f"{bundle} targets {manifest['target']['name']} ({manifest.get('runtime')}): "
                          "only TensorRT bundles are built; bench it directly")
     try:
         trt_device.import_tensorrt()
+    except trt_device.TrtError as e:
+        raise RuntimeMissingError(str(e)) from None
+    load_manifest(bundle)  # verified: a tampered bundle is an input error, not a missing runtime
+    try:
         engines = trt_device.build_bundle(str(bundle), verbose)
     except trt_device.TrtError as e:
         raise RuntimeMissingError(str(e)) from None

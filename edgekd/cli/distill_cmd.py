@@ -11,7 +11,7 @@ from rich.table import Table
 
 from edgekd.cli.app import app, console
 from edgekd.cli.options import INPUT_SIZE, LABELS, MEAN, NUM_CLASSES, STD, TEACHER_ARCH, TRUST_PICKLE, spec_overrides
-from edgekd.errors import Interrupted
+from edgekd.errors import Interrupted, UsageError
 
 DEMO = "demo"
 DEFAULT_BUDGET = "10m"
@@ -35,7 +35,7 @@ def _default_out(teacher: Path, student: str, method: str, resume: bool) -> Path
 def distill_cmd(
     teacher: str = typer.Argument(DEMO, help="Teacher file (state_dict, TorchScript, edgekd checkpoint), or 'demo' for the shipped Fashion-MNIST LeNet-5."),
     student: Optional[str] = typer.Option(None, "--student", "-s", help="Student architecture ('edgekd models'); default: lenet5-half for inputs up to 64 px, else mobilenet_v2."),
-    method: str = typer.Option("adversarial", "--method", "-m", help="adversarial (the paper's, default), dafl, dfad, zskt or dfq."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="adversarial (the paper's, default), dafl, dfad, zskt or dfq."),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Stop after N generator steps."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", "-t", help=f"Stop after this long (90s, 10m, 1h). Default {DEFAULT_BUDGET} when --iterations is not given."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Synthetic batch size (default 256)."),
@@ -43,8 +43,8 @@ def distill_cmd(
     precision: str = typer.Option("auto", "--precision", help="auto (from the hardware), fp32, bf16 or fp16."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Labelled test data to *measure* the student on: fashion-mnist, mnist, an IDX dir, ImageFolder or .npz."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<teacher>-<student>-<method>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its settings (a new --time-budget or --iterations may extend it)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings (see 'edgekd distill --help' and config.json of a run)."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting, e.g. --set w_bn=0.5 --set s_steps=5."),
     teacher_arch: Optional[str] = TEACHER_ARCH,
@@ -59,24 +59,34 @@ def distill_cmd(
     """Distil TEACHER into a compact student with no training data (GAN-based data-free KD)."""
     from edgekd.cli.rich_progress import RichProgress
     from edgekd.data.datasets import load_dataset
-    from edgekd.distill.config import load_config_file, parse_duration, parse_sets, resolve_config
+    from edgekd.distill.config import load_config_file, parse_duration, parse_sets, resolve_config, run_settings
     from edgekd.distill.loop import distill
+    from edgekd.distill.presets import DEFAULT_METHOD
     from edgekd.models.checkpoint import load_model
+    from edgekd.rundir import RunDir
 
     teacher_path = demo_teacher_path() if teacher == DEMO else Path(teacher)
+    if resume and out is None:
+        raise UsageError("--resume needs --out RUN_DIR: the run to continue")
+    if out is not None:
+        RunDir(out).check_writable(resume)  # before loading anything: a wrong --out fails in a second
+    saved = run_settings(out) if resume else {}
     loaded = load_model(teacher_path, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, num_classes, labels))
-    if student is None:
+    if student is None and not saved:
         student = "lenet5-half" if max(loaded.spec.input_size) <= 64 else "mobilenet_v2"
-    overrides = {"student": student, "seed": seed, "device": device, "precision": precision}
+    # On --resume only what the user typed overrides the run's own settings.
+    given = {"student": student, "seed": seed, "method": method,
+             "device": None if device == "auto" else device, "precision": None if precision == "auto" else precision}
+    overrides = {k: v for k, v in given.items() if v is not None}
     if iterations is not None:
         overrides["iterations"] = iterations
-    if time_budget is not None or iterations is None:
+    if time_budget is not None or (iterations is None and not saved):
         overrides["time_budget"] = parse_duration(time_budget or DEFAULT_BUDGET)
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     overrides.update(parse_sets(sets or []))
-    file_values = load_config_file(config) if config else {}
-    cfg = resolve_config(method, file_values, overrides)
+    file_values = {**saved, **(load_config_file(config) if config else {})}
+    cfg = resolve_config(DEFAULT_METHOD, file_values, overrides)
     data = load_dataset(eval_data) if eval_data else None
     run_dir = out or _default_out(teacher_path, cfg.student, cfg.method, resume)
 

@@ -13,6 +13,7 @@ The directory is assembled under a temporary name and moved into place only when
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import shutil
 from dataclasses import dataclass, field
@@ -25,14 +26,15 @@ import torch
 from edgekd import __version__
 from edgekd.cpu import cpu_summary
 from edgekd.data.datasets import check_dataset_fits, load_dataset, prepare_images
-from edgekd.deploy.manifest import BUNDLE_FORMAT
+from edgekd.deploy.manifest import BUNDLE_FORMAT, load_manifest
 from edgekd.deploy.onnx_export import check_parity, export_onnx
 from edgekd.deploy.quantize import check_calibration_set, choose_quantization, compare_int8, quantize_int8
 from edgekd.deploy.targets import Target
-from edgekd.errors import InputFileError, QualityError, UsageError
-from edgekd.fileio import atomic_dir, sha256_file, write_json, write_text
+from edgekd.errors import EdgekdError, InputFileError, QualityError, UsageError
+from edgekd.fileio import atomic_dir, check_replaceable, sha256_file, write_json, write_text
 from edgekd.models.checkpoint import LoadedModel, load_model
 from edgekd.models.info import count_macs, count_parameters
+from edgekd.rundir import RunDir, torchscript_run_id
 
 _CALIB_MAX_BYTES = 128 * 2 ** 20
 TRT_SCRIPT = "edgekd_trt.py"
@@ -69,15 +71,21 @@ class _Source:
 
 def _load_source(source: Path, trust_pickle: bool) -> _Source:
     if source.is_dir():
-        if not (source / "student.pt").exists():
-            raise InputFileError(f"{source} has no student.pt: not a finished distill run "
+        run = RunDir(source)
+        if not (run / RunDir.STUDENT).exists():
+            raise InputFileError(f"{source} has no {RunDir.STUDENT}: not a finished distill run "
                                  "(run 'edgekd distill' first, or pass a checkpoint file)")
-        student = load_model(source / "student.pt")
-        teacher = load_model(source / "teacher.pt", trust_pickle=trust_pickle,
+        student = load_model(run / RunDir.STUDENT)
+        teacher_path = run / RunDir.TEACHER
+        teacher = load_model(teacher_path, trust_pickle=trust_pickle,
                              spec_overrides={"input_size": student.spec.input_size}) \
-            if (source / "teacher.pt").exists() else None
+            if teacher_path.exists() else None
         if teacher is not None and teacher.format != "edgekd":
             teacher.spec = student.spec.with_(arch=teacher.spec.arch)
+        if teacher is not None:
+            teacher_id = (teacher.provenance.get("run_id") if teacher.format == "edgekd"
+                          else torchscript_run_id(teacher_path))
+            run.check_one_run({RunDir.STUDENT: student.provenance.get("run_id"), RunDir.TEACHER: teacher_id})
         return _Source(student, teacher, source)
     return _Source(load_model(source, trust_pickle=trust_pickle), None, None)
 
@@ -87,12 +95,18 @@ def _synthetic_sets(src: _Source, count: int, seed: int) -> Dict[str, np.ndarray
     from edgekd.distill.generator import Generator
     from edgekd.distill.loop import synthesize
 
-    path = src.run_dir / "generator.pt" if src.run_dir else None
+    path = RunDir(src.run_dir) / RunDir.GENERATOR if src.run_dir else None
     if path is None or not path.exists():
         return {}
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    g = Generator.from_description(state)
-    g.load_state_dict(state["state_dict"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        g = Generator.from_description(state)
+        g.load_state_dict(state["state_dict"])
+    except Exception as e:  # truncated, foreign or edited: torch raises many kinds
+        raise InputFileError(f"{path} is unreadable ({type(e).__name__}): distill the run again, "
+                             "or export with --calib-data and --precision fp32") from None
+    RunDir(src.run_dir).check_one_run({RunDir.STUDENT: src.student.provenance.get("run_id"),
+                                       RunDir.GENERATOR: state.get("run_id")})
     judge = (src.teacher or src.student).model.float().cpu().eval()
     calib = synthesize(g, judge, count, seed)
     held = synthesize(g, judge, 256, seed + 1)
@@ -104,12 +118,35 @@ def _limit_calib(x: np.ndarray) -> np.ndarray:
     return x[: max(8, _CALIB_MAX_BYTES // per)]
 
 
+def _is_bundle(path: Path) -> bool:
+    try:
+        load_manifest(path, verify=False)
+    except EdgekdError:
+        return False
+    return True
+
+
+def _check_out(source: Path, out: Path) -> None:
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or dst in src.parents:
+        raise UsageError(f"--out {out} would replace {source} itself: choose a new directory for the bundle")
+    check_replaceable(out, _is_bundle, "edgekd bundle")
+
+
 def export_bundle(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
+    """Write a bundle for `cfg.target` at `out` (absent, empty, or an earlier bundle it replaces)."""
+    source, out = Path(source), Path(out)
+    _check_out(source, out)
+    with RunDir(source).locked(reader=True) if source.is_dir() else contextlib.nullcontext():
+        return _export(source, cfg, out)
+
+
+def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
     target = cfg.target
     precision = cfg.precision or target.default_precision
     target.check_precision(precision)
     quant = choose_quantization(target, cfg.calibration, cfg.vnni)  # before any work: --vnni may be wrong
-    src = _load_source(Path(source), cfg.trust_pickle)
+    src = _load_source(source, cfg.trust_pickle)
     spec = src.student.spec
     warnings: List[str] = []
     if src.teacher is None:
@@ -140,7 +177,7 @@ def export_bundle(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
         ds = ds.take(2000)
         eval_x, eval_y = prepare_images(ds.images, spec), ds.labels
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, _is_bundle, "edgekd bundle") as tmp:
         provenance = dict(src.student.provenance)
         provenance.pop("config", None)
         meta = {"provenance": provenance, "target": target.name}

@@ -7,16 +7,18 @@ from pathlib import Path
 from typing import Any, Dict
 
 from edgekd.errors import InputFileError
-from edgekd.fileio import sha256_file
 
 BUNDLE_FORMAT = "edgekd-bundle"
 
 
 def load_manifest(bundle: Path, verify: bool = True) -> Dict[str, Any]:
-    """The manifest of `bundle`; with verify, every listed file must exist with its recorded sha256."""
+    """The manifest of `bundle`. With verify: every file listed exists with its recorded sha256, every
+    file the manifest refers to is listed, the bundle holds no unlisted file (other than caches its
+    own tools regenerate) and no link, and a student model is there. So a model copied over another,
+    a dropped entry or a path out of the bundle is refused, not benched."""
     bundle = Path(bundle)
     path = bundle / "manifest.json"
-    if not path.exists():
+    if not path.is_file():
         raise InputFileError(f"{bundle} is not an edgekd bundle (no manifest.json): run 'edgekd export' first")
     try:
         manifest = json.loads(path.read_text())
@@ -25,11 +27,15 @@ def load_manifest(bundle: Path, verify: bool = True) -> Dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise InputFileError(f"{path} is not an edgekd bundle manifest")
     if verify:
-        for name, info in manifest.get("files", {}).items():
-            f = bundle / name
-            if not f.exists():
-                raise InputFileError(f"{bundle}: {name} is missing: copy the whole bundle directory again")
-            if sha256_file(f) != info["sha256"]:
-                raise InputFileError(f"{bundle}: {name} does not match its sha256 in manifest.json "
-                                     "(tampered or corrupt): copy or export the bundle again")
+        _verify(bundle, manifest)
     return manifest
+
+
+def _verify(bundle: Path, manifest: Dict[str, Any]) -> None:
+    # One rule set for both sides: the standalone device script (copied into TensorRT bundles) owns it.
+    from edgekd.deploy.trt_device import TrtError, verify_bundle
+
+    try:
+        verify_bundle(str(bundle), manifest)
+    except TrtError as e:
+        raise InputFileError(str(e)) from None

@@ -18,6 +18,7 @@ Version gates (TensorRT 8.2, 8.5/8.6, 10.x):
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -27,6 +28,86 @@ ENGINE_FORMAT_VERSION = 1
 
 class TrtError(Exception):
     """One-line, user-facing failure of the device-side TensorRT path."""
+
+
+# Written by this script on the device; rebuilt if lost, and used only once the manifest lists them
+# (an engine of a build killed before the manifest was updated is left over, not run).
+REGENERABLE_SUFFIXES = (".calib.cache", "timing.cache", ".engine")
+
+
+def _referenced_files(manifest):
+    """Every file the manifest tells a runner to read."""
+    names = [m.get("file") for m in manifest.get("models", []) if isinstance(m, dict)]
+    names += [e.get("file") for e in manifest.get("engines", []) if isinstance(e, dict)]
+    names += [(manifest.get("calibration") or {}).get("file"), manifest.get("synthetic_eval")]
+    return [n for n in names if n]
+
+
+def verify_bundle(bundle, manifest):
+    """Refuse a bundle that is not exactly what export wrote: every listed file present with its
+    sha256, every file the manifest refers to listed, a student model named, no unlisted file (other
+    than caches this script regenerates), no link, no listed name outside the directory. So a model
+    copied over another, a dropped entry or a path like ../../etc/passwd is refused, not run."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise TrtError("%s/manifest.json lists no files: the bundle is incomplete, export it again" % bundle)
+    for name, info in files.items():
+        if not isinstance(name, str) or name != os.path.basename(name) or name in ("", ".", ".."):
+            raise TrtError("%s/manifest.json lists %r, which is not a file of the bundle directory: "
+                           "the manifest is corrupt or forged, export the bundle again" % (bundle, name))
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise TrtError("%s/manifest.json: the entry for %s has no sha256: export the bundle again" % (bundle, name))
+    models = manifest.get("models")
+    if not isinstance(models, list) or not any(isinstance(m, dict) and m.get("role") == "student" for m in models):
+        raise TrtError("%s/manifest.json names no student model: export the bundle again" % bundle)
+    for name in _referenced_files(manifest):
+        if name not in files:
+            raise TrtError("%s: %s is used but not listed in manifest.json (tampered?): export the bundle again"
+                           % (bundle, name))
+    for name in sorted(os.listdir(bundle)):
+        if os.path.islink(os.path.join(bundle, name)):
+            raise TrtError("%s: %s is a link; a bundle holds plain files only: copy it again" % (bundle, name))
+        if name != "manifest.json" and name not in files and not name.endswith(REGENERABLE_SUFFIXES):
+            raise TrtError("%s: %s is not listed in manifest.json (added or renamed?): remove it, or export "
+                           "the bundle again" % (bundle, name))
+    for name, info in files.items():
+        path = os.path.join(bundle, name)
+        if not os.path.isfile(path):
+            raise TrtError("%s: %s is missing: copy the whole bundle directory again" % (bundle, name))
+        if _sha256(path) != info["sha256"]:
+            raise TrtError("%s: %s does not match its sha256 in manifest.json (tampered or corrupt): "
+                           "copy or export the bundle again" % (bundle, name))
+
+
+def read_verified_manifest(bundle):
+    path = os.path.join(bundle, "manifest.json")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        raise TrtError("%s has no readable manifest.json: not an edgekd bundle, export it again" % bundle) from None
+    if not isinstance(manifest, dict):
+        raise TrtError("%s is not an edgekd bundle manifest" % path)
+    verify_bundle(bundle, manifest)
+    return manifest
+
+
+def write_bytes(path, data):
+    """Atomic, and never through a link: the temporary file is created exclusively (a planted
+    'X.tmp -> ~/.bashrc' is not followed) and renamed over `path` (a link there is replaced, not
+    written through)."""
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def import_tensorrt():
@@ -122,10 +203,7 @@ class CalibrationCache(object):
     def write(self, data):
         if not self.path:
             return
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(bytes(data))
-        os.replace(tmp, self.path)
+        write_bytes(self.path, data)
 
 
 def make_calibrator(trt, cuda, batches, cache_path, input_name):
@@ -206,13 +284,9 @@ def build_engine(onnx_path, engine_path, precision, workspace_mib, input_shape, 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TrtError("TensorRT failed to build %s (see the log above)" % onnx_path)
-    tmp = engine_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(bytes(serialized))
-    os.replace(tmp, engine_path)
+    write_bytes(engine_path, serialized)
     if timing_cache is not None:
-        with open(timing_cache_path, "wb") as f:
-            f.write(bytes(timing_cache.serialize()))
+        write_bytes(timing_cache_path, timing_cache.serialize())
     return {"file": os.path.basename(engine_path), "precision": precision, "tensorrt": trt.__version__,
             "device": gpu_name(), "max_batch": max_batch, "flags": plan["flags"],
             "calibrated": plan["calibrate"], "dla_core": dla_core}
@@ -306,8 +380,7 @@ def build_bundle(bundle, verbose=False):
     """Build an engine for every model of a TensorRT bundle and record them in its manifest."""
     import_tensorrt()  # fail first, with the install hint, before touching anything
     manifest_path = os.path.join(bundle, "manifest.json")
-    with open(manifest_path) as f:
-        manifest = json.load(f)
+    manifest = read_verified_manifest(bundle)
     target = manifest["target"]
     input_shape = (manifest["spec"]["in_channels"],) + tuple(manifest["spec"]["input_size"])
     max_batch = max(target.get("batch_sizes") or [1])
@@ -330,10 +403,7 @@ def build_bundle(bundle, verbose=False):
     for e in engines:
         path = os.path.join(bundle, e["file"])
         manifest["files"][e["file"]] = {"sha256": _sha256(path), "bytes": os.path.getsize(path)}
-    tmp = manifest_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, manifest_path)
+    write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
     return engines
 
 
@@ -349,8 +419,7 @@ def _sha256(path):
 
 def bench_bundle(bundle, batch_sizes=(1,), warmup_s=2.0, duration_s=10.0):
     """Latency of every engine in the bundle (for the Nano, where edgekd itself is not installed)."""
-    with open(os.path.join(bundle, "manifest.json")) as f:
-        manifest = json.load(f)
+    manifest = read_verified_manifest(bundle)
     trt = import_tensorrt()
     rows = []
     for e in manifest.get("engines", []):

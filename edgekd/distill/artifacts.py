@@ -9,6 +9,7 @@ import torch
 
 from edgekd.fileio import atomic_path
 from edgekd.models.checkpoint import save_checkpoint
+from edgekd.rundir import RunDir
 
 if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
@@ -17,19 +18,20 @@ if TYPE_CHECKING:
 def write_artifacts(d: Distiller) -> None:
     from edgekd.distill.loop import synthesize
 
-    run = d.run_dir
+    run = d.rundir
     g = d.m.generator
-    with atomic_path(run / "generator.pt") as tmp:
-        torch.save({"state_dict": {k: v.cpu() for k, v in g.state_dict().items()}, **g.describe()}, tmp)
+    with atomic_path(run / RunDir.GENERATOR) as tmp:
+        torch.save({"state_dict": {k: v.cpu() for k, v in g.state_dict().items()}, **g.describe(),
+                    "run_id": d.run_id}, tmp)
     teacher = d.m.teacher.float().to(memory_format=torch.contiguous_format)
     synth = synthesize(g, teacher, d.cfg.calib_images, seed=d.cfg.seed + 20_011)
-    with atomic_path(run / "calib.npz") as tmp:
+    with atomic_path(run / RunDir.CALIB) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, x=synth["x"], teacher_logits=synth["teacher_logits"],
-                                teacher_pred=synth["teacher_logits"].argmax(1))
+                                teacher_pred=synth["teacher_logits"].argmax(1), run_id=np.asarray(d.run_id or ""))
     _save_teacher(d)
     _plot_samples(d, synth)
-    _plot_curves(d.history, run / "curves.png", d.teacher_accuracy)
+    _plot_curves(d.history, run / RunDir.CURVES, d.teacher_accuracy)
 
 
 def _save_teacher(d: Distiller) -> None:
@@ -37,18 +39,19 @@ def _save_teacher(d: Distiller) -> None:
     t = d.teacher_info
     model = t.model.float().to(memory_format=torch.contiguous_format).cpu()
     if isinstance(model, torch.jit.ScriptModule):
-        with atomic_path(d.run_dir / "teacher.pt") as tmp:
-            torch.jit.save(model, str(tmp))
+        with atomic_path(d.rundir / RunDir.TEACHER) as tmp:
+            torch.jit.save(model, str(tmp), _extra_files={"edgekd_run_id": d.run_id or ""})
     elif t.format in ("edgekd", "state_dict", "torchscript"):  # torchscript here: rebuilt as a registered arch
-        save_checkpoint(d.run_dir / "teacher.pt", model, t.spec, {"source": str(t.path), "sha256": t.sha256})
+        save_checkpoint(d.rundir / RunDir.TEACHER, model, t.spec,
+                        {"source": str(t.path), "sha256": t.sha256, "run_id": d.run_id})
     else:  # a trusted pickle of an unregistered class: keep it scripted if possible
         try:
             scripted = torch.jit.script(model)
         except Exception:
             d.notes.append("teacher could not be scripted; export will need the original file")
             return
-        with atomic_path(d.run_dir / "teacher.pt") as tmp:
-            torch.jit.save(scripted, str(tmp))
+        with atomic_path(d.rundir / RunDir.TEACHER) as tmp:
+            torch.jit.save(scripted, str(tmp), _extra_files={"edgekd_run_id": d.run_id or ""})
     d.m.teacher.to(d.plan.device)
 
 
@@ -84,7 +87,7 @@ def _plot_samples(d: Distiller, synth: Dict[str, np.ndarray], per_class: int = 8
         axes[r][0].set_title(f"{name} ({total} of {len(x)})", fontsize=6, loc="left")
     fig.suptitle("synthetic images by teacher class", fontsize=8)
     fig.tight_layout()
-    with atomic_path(d.run_dir / "samples.png") as tmp:
+    with atomic_path(d.rundir / RunDir.SAMPLES) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
+from edgekd.distill.augment import AUGMENTS
 from edgekd.distill.generator import OUTPUTS as GEN_OUTPUTS
 from edgekd.distill.losses import BN_LOSSES, DIVERGENCES
 from edgekd.distill.presets import DEFAULT_METHOD, PRESETS
@@ -17,7 +19,8 @@ from edgekd.fileio import read_toml
 
 # Keys whose value names an entry of a registry.
 _CHOICES = {"adv_loss": DIVERGENCES, "kd_loss": DIVERGENCES, "bn_loss": BN_LOSSES,
-            "replay_policy": REPLAY_POLICIES, "gen_output": GEN_OUTPUTS}
+            "replay_policy": REPLAY_POLICIES, "gen_output": GEN_OUTPUTS,
+            "s_augment": AUGMENTS}
 
 
 @dataclass
@@ -62,6 +65,7 @@ class DistillConfig:
     replay_size: int = 0  # images kept from recent batches; 0 disables replay
     replay_fraction: float = 0.0  # share of each student batch drawn from replay memory
     replay_policy: str = "fifo"  # fifo: the most recent images | reservoir: a uniform sample of the whole run
+    s_augment: str = "none"  # replayed images augmented (shift, flip, shift_flip) and relabelled by the teacher
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the student
     # robustness and logging
     eval_every_s: float = 20.0
@@ -155,6 +159,18 @@ def parse_sets(items: Iterable[str]) -> Dict[str, Any]:
 def load_config_file(path: Path) -> Dict[str, Any]:
     data = read_toml(path, "config")
     return {k: _coerce(k, v) for k, v in data.items()}
+
+
+def run_settings(run_dir: Path) -> Dict[str, Any]:
+    """The settings a run was made with (its config.json), for --resume to go on with."""
+    from edgekd.rundir import RunDir
+
+    path = RunDir(run_dir) / RunDir.CONFIG
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"--resume: {path} is missing or unreadable; start a new run") from None
+    return {k: v for k, v in data.items() if k in _FIELDS} if isinstance(data, dict) else {}
 
 
 def parse_duration(text: Optional[str]) -> Optional[float]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from edgekd import __version__
 from edgekd.data.datasets import LabelledImages, check_dataset_fits, prepare_images
 from edgekd.distill import losses as L
+from edgekd.distill.augment import AUGMENTS
 from edgekd.distill.config import DistillConfig
 from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.generator import Generator
@@ -34,14 +35,15 @@ from edgekd.distill.hooks import BNStatsHook, FeatureMapHook, PenultimateHook, h
 from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
 from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
 from edgekd.distill.replay import ReplayMemory
-from edgekd.errors import TrainingError, UsageError
+from edgekd.errors import EdgekdError, TrainingError, UsageError
 from edgekd.fileio import atomic_path, write_json
 from edgekd.models.checkpoint import LoadedModel, save_checkpoint
 from edgekd.models.registry import create_model, get_entry
 from edgekd.progress import Progress
+from edgekd.rundir import RunDir
 from edgekd.spec import ModelSpec
 
-CHECKPOINT = "checkpoint.pt"
+_POOL_BYTES = 64 * 2 ** 20  # held-out pool of earlier generators' images (evaluate)
 _OPTIMIZERS = {
     "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay),
     "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
@@ -178,6 +180,8 @@ class Distiller:
         self.teacher_info = teacher
         self.spec = teacher.spec
         self.run_dir = Path(run_dir)
+        self.rundir = RunDir(run_dir)
+        self.run_id: Optional[str] = None
         self.progress = progress or Progress()
         self.plan: ExecutionPlan = plan_execution(cfg.device, cfg.precision, cfg.channels_last)
         self.events: List[str] = []
@@ -245,6 +249,9 @@ class Distiller:
         n_eval = cfg.eval_synthetic or max(64, min(1024, 1024 * 1024 // (h * w)))
         gen = torch.Generator().manual_seed(cfg.seed + 10_007)
         self.eval_z = torch.randn(n_eval, cfg.latent_dim, generator=gen).to(dev)
+        self.pool_x = torch.empty(0, *self.spec.input_shape, device=dev)
+        self.pool_t = torch.empty(0, dtype=torch.long, device=dev)
+        self._pool_rng = torch.Generator().manual_seed(cfg.seed + 20_011)  # own stream: resume stays exact
 
     # ---------------------------------------------------------------- set-up helpers
     def _hooks(self, t: nn.Module, s: nn.Module) -> None:
@@ -324,7 +331,7 @@ class Distiller:
         cfg, m = self.cfg, self.m
         if cfg.shared_batch and not first:
             if len(self.memory) >= cfg.batch_size:
-                return self.memory.sample(cfg.batch_size)
+                return self._replayed(cfg.batch_size)
             return self._last_batch
         if cfg.shared_batch:
             x, t = self._last_batch
@@ -335,10 +342,19 @@ class Distiller:
         self.memory.push(x, t)
         n_old = int(cfg.batch_size * cfg.replay_fraction) if len(self.memory) >= 2 * cfg.batch_size else 0
         if n_old:
-            x_old, t_old = self.memory.sample(n_old)
+            x_old, t_old = self._replayed(n_old)
             x = torch.cat([x[: len(x) - n_old], x_old.to(x.dtype)])
             t = torch.cat([t[: len(t) - n_old].float(), t_old])
         return x, t
+
+    def _replayed(self, n: int) -> tuple:
+        """n images from replay memory; with s_augment, augmented and labelled again by the teacher."""
+        x, t = self.memory.sample(n)
+        if self.cfg.s_augment == "none":
+            return x, t
+        x = AUGMENTS[self.cfg.s_augment](x)
+        with torch.no_grad(), self.plans["teacher"].autocast():
+            return x, self.m.teacher(self._fmt(x, "teacher")).float()
 
     def _student_step(self, first: bool) -> Dict[str, torch.Tensor]:
         cfg, m = self.cfg, self.m
@@ -482,15 +498,33 @@ class Distiller:
         gen = copy.deepcopy(self.m.generator).train()  # batch statistics, like training; G itself untouched
         with torch.no_grad(), self.plans["teacher"].autocast():
             x = torch.cat([gen(self.eval_z[i:i + 256]) for i in range(0, len(self.eval_z), 256)]).float()
-        agree = self._predict(self.m.final_student, x) == self._predict(self.m.teacher, x)
+        t_pred = self._predict(self.m.teacher, x)
+        agree = self._predict(self.m.final_student, x) == t_pred
         result["agreement_synthetic"] = float(agree.float().mean())
+        if len(self.pool_x):
+            pool_agree = self._predict(self.m.final_student, self.pool_x) == self.pool_t
+            result["agreement_pool"] = float(pool_agree.float().mean())
+        self._grow_pool(x, t_pred)
         self.m.student.train()
         return result
+
+    def _grow_pool(self, x: torch.Tensor, t_pred: torch.Tensor) -> None:
+        """A fixed share of each evaluation's held-out images joins a pool that the later students are
+        scored on: images of frozen earlier generators, so a student that forgets them scores lower
+        even when it matches today's generator. Thinned at random when full, so it spans the run."""
+        per_image = 4 * x[0].numel()
+        cap = max(64, min(2048, _POOL_BYTES // per_image))
+        take = max(8, cap // 16)
+        self.pool_x = torch.cat([self.pool_x, x[:take].float()])
+        self.pool_t = torch.cat([self.pool_t, t_pred[:take]])
+        if len(self.pool_x) > cap:
+            keep = torch.randperm(len(self.pool_x), generator=self._pool_rng)[:cap].sort().values.to(x.device)
+            self.pool_x, self.pool_t = self.pool_x[keep], self.pool_t[keep]
 
     # ---------------------------------------------------------------- persistence
     def _log(self, record: Dict[str, Any]) -> None:
         self.history.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        with open(self.rundir / RunDir.METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def save_checkpoint(self) -> None:
@@ -505,24 +539,27 @@ class Distiller:
             "teacher_sha256": self.teacher_info.sha256, "config": self.cfg.to_dict(),
             "plans": {role: [p.precision, p.channels_last] for role, p in self.plans.items()},
             "s_steps": [self.s_steps, self.s_steps_chosen],
+            "pool": {"x": self.pool_x.cpu(), "t": self.pool_t.cpu(), "rng": self._pool_rng.get_state()},
         }
-        with atomic_path(self.run_dir / CHECKPOINT) as tmp:
+        with atomic_path(self.rundir / RunDir.CHECKPOINT) as tmp:
             torch.save(state, tmp)
 
+    def _periodic_checkpoint(self) -> None:
+        """A checkpoint that cannot be written (disk full) costs resumability, not the run: warn, go on."""
+        try:
+            self.save_checkpoint()
+        except (OSError, EdgekdError) as e:
+            self._event(f"step {self.step}: could not write {RunDir.CHECKPOINT} ({e}); training goes on")
+
     def load_checkpoint(self) -> None:
-        path = self.run_dir / CHECKPOINT
-        if not path.exists():
-            raise UsageError(f"--resume: no {CHECKPOINT} in {self.run_dir}; start without --resume")
+        path = self.rundir / RunDir.CHECKPOINT
         try:
             state = torch.load(path, map_location=self.plan.device, weights_only=True)
         except Exception as e:
             raise UsageError(f"--resume: {path} is unreadable ({type(e).__name__}); start a new run") from None
         if state["teacher_sha256"] != self.teacher_info.sha256:
             raise UsageError(f"--resume: {self.run_dir} was distilled from another teacher file")
-        saved = state["config"]
-        for key in ("method", "student", "batch_size", "latent_dim", "gen_width"):
-            if saved[key] != getattr(self.cfg, key):
-                raise UsageError(f"--resume: {key} was {saved[key]!r} in this run, not {getattr(self.cfg, key)!r}")
+        check_resumable(state["config"], self.cfg)
         self._restore_plans(state.get("plans"))
         self.m.load_state_dict(state["models"])
         self.memory.load_state_dict(state["memory"])
@@ -537,12 +574,16 @@ class Distiller:
         self.ema_updates = int(state.get("ema_updates", 0))
         self.s_steps, self.s_steps_chosen = state.get("s_steps", [self.cfg.s_steps, False])
         self.s_steps = int(self.s_steps)
+        if "pool" in state:
+            dev = self.plan.device
+            self.pool_x, self.pool_t = state["pool"]["x"].to(dev), state["pool"]["t"].to(dev)
+            self._pool_rng.set_state(state["pool"]["rng"].cpu())
         # Metrics logged after the checkpoint belong to the lost future: drop them.
-        log = self.run_dir / "metrics.jsonl"
+        # A torn last line (killed while appending) is dropped with them.
+        log = self.rundir / RunDir.METRICS
         if log.exists():
-            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-            log.write_text("".join(line + "\n" for line in kept))
-            self.history = [json.loads(line) for line in kept]
+            self.history = [r for r in _read_records(log) if r.get("step", math.inf) <= self.step]
+            log.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.progress.message(f"resumed {self.run_dir} at step {self.step} ({self.elapsed:.0f}s done)")
 
     def _restore_plans(self, saved: Optional[Dict[str, Any]]) -> None:
@@ -564,7 +605,8 @@ class Distiller:
     def provenance(self) -> Dict[str, Any]:
         return {"teacher_sha256": self.teacher_info.sha256, "teacher_file": str(self.teacher_info.path),
                 "teacher_arch": self.spec.arch, "method": self.cfg.method, "steps": self.step,
-                "seconds": round(self.elapsed, 1), "config": self.cfg.to_dict(), "edgekd_version": __version__}
+                "seconds": round(self.elapsed, 1), "config": self.cfg.to_dict(), "edgekd_version": __version__,
+                "run_id": self.run_id}
 
     # ---------------------------------------------------------------- the run
     def _done(self) -> bool:
@@ -579,13 +621,20 @@ class Distiller:
         return min(1.0, max(parts))
 
     def run(self, resume: bool = False) -> DistillResult:
+        self.rundir.check_writable(resume)
+        with self.rundir.locked():
+            self.rundir.check_writable(resume)  # again under the lock: another process may have begun
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> DistillResult:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
+            self.run_id = self.rundir.run_id()
         else:
-            (self.run_dir / "metrics.jsonl").write_text("")
-        write_json(self.run_dir / "config.json", {
+            self.run_id = self.rundir.start()
+            (self.rundir / RunDir.METRICS).write_text("")
+        write_json(self.rundir / RunDir.CONFIG, {
             **cfg.to_dict(), "resolved_precision": {r: p.precision for r, p in self.plans.items()},
             "channels_last": {r: p.channels_last for r, p in self.plans.items()},
             "device_plan": self.plan_reason, "notes": self.notes})
@@ -626,7 +675,7 @@ class Distiller:
                 self.progress.update(self._fraction(), self.step, {**{k: losses[k] for k in ("loss_g", "loss_s")}, **latest})
                 if (now - last_ckpt >= cfg.checkpoint_every_s
                         or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)):
-                    self.save_checkpoint()
+                    self._periodic_checkpoint()
                     last_ckpt = time.monotonic()
                 if stop.requested:
                     interrupted = True
@@ -637,7 +686,7 @@ class Distiller:
         self.save_checkpoint()
         if not latest or interrupted:
             latest = self.evaluate()
-        student_path = self.run_dir / "student.pt"
+        student_path = self.rundir / RunDir.STUDENT
         save_checkpoint(student_path, self.m.final_student.float().to(memory_format=torch.contiguous_format).cpu(),
                         self._student_spec(), self.provenance())
         self.m.final_student.to(self.plan.device)
@@ -647,10 +696,10 @@ class Distiller:
             write_artifacts(self)
         summary = {"steps": self.step, "seconds": round(self.elapsed, 1), "interrupted": interrupted,
                    "final": latest, "teacher_accuracy": self.teacher_accuracy, "events": self.events,
-                   "plan": self.plan_reason, "s_steps": self.s_steps, "method": cfg.method, "student": cfg.student,
+                   "run_id": self.run_id, "plan": self.plan_reason, "s_steps": self.s_steps, "method": cfg.method, "student": cfg.student,
                    "teacher": {"file": str(self.teacher_info.path), "sha256": self.teacher_info.sha256,
                                "format": self.teacher_info.format, "spec": self.spec.to_dict()}}
-        write_json(self.run_dir / "summary.json", summary)
+        write_json(self.rundir / RunDir.SUMMARY, summary)
         return DistillResult(self.run_dir, student_path, self.step, self.elapsed, interrupted, latest,
                              self.teacher_accuracy, list(self.events), self.plan_reason)
 
@@ -659,6 +708,32 @@ class Distiller:
         value = metrics.get("accuracy", metrics.get("agreement_synthetic", 1.0))
         if self._fraction() > 0.25 and value <= 1.5 / k:
             self._event(f"step {self.step}: student near chance ({value:.1%} with {k} classes)")
+
+
+def _read_records(path: Path) -> List[Dict[str, Any]]:
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # torn by a kill or a full disk while appending
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+# Settings a resumed run may change: how long it goes on and how it reports; everything else shapes
+# the models, the memory or the schedule the checkpoint was made with.
+RESUME_MAY_CHANGE = ("iterations", "time_budget", "eval_every_s", "eval_images", "checkpoint_every_s",
+                     "checkpoint_every", "max_recoveries", "device", "precision", "channels_last")
+
+
+def check_resumable(saved: Dict[str, Any], cfg: DistillConfig) -> None:
+    now = cfg.to_dict()
+    for key, value in now.items():
+        if key not in RESUME_MAY_CHANGE and saved.get(key, value) != value:
+            raise UsageError(f"--resume: {key} was {saved[key]!r} in this run, not {value!r}: resume with the "
+                             "run's settings (edgekd distill --resume reads them from its config.json)")
 
 
 def distill(teacher: LoadedModel, cfg: DistillConfig, run_dir: Path, eval_data: Optional[LabelledImages] = None,

@@ -1,0 +1,175 @@
+"""Run directories and bundles as contracts: nothing of the user's is overwritten, runs are never
+mixed, a bundle that is not what export wrote is refused, a killed run resumes."""
+
+import fcntl
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgekd.bench.core import BenchConfig, bench_bundles
+from edgekd.cli.app import app
+from edgekd.deploy import trt_device
+from edgekd.deploy.bundle import ExportConfig, export_bundle
+from edgekd.deploy.targets import get_target
+from edgekd.distill.config import resolve_config
+from edgekd.distill.loop import distill
+from edgekd.errors import InputFileError, UsageError
+from edgekd.models.checkpoint import load_model
+from edgekd.rundir import RunDir
+
+runner = CliRunner()
+FAST_BENCH = dict(batch_sizes=(1,), warmup_s=0.0, duration_s=None, iterations=2, verify_timing=False)
+FP32 = ExportConfig(get_target("x86-cpu"), "fp32", calib_count=16)
+TINY = dict(iterations=2, batch_size=16, calib_images=8, eval_every_s=1e9)
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("contract") / "fp32"
+    export_bundle(run_dir, FP32, out)
+    return out
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+# ------------------------------------------------------------------ export --out
+def test_export_never_empties_a_directory_it_did_not_write(run_dir, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = runner.invoke(app, ["export", str(run_dir), "--target", "x86-cpu", "--precision", "fp32",
+                                 "--out", str(mine)])
+    assert result.exit_code == 2 and "not an earlier edgekd bundle" in result.output, result.output
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
+    with pytest.raises(UsageError, match="would replace"):
+        export_bundle(run_dir, FP32, run_dir)
+    with pytest.raises(UsageError, match="would replace"):
+        export_bundle(run_dir, FP32, run_dir.parent)
+
+
+def test_export_replaces_an_earlier_bundle_whole(run_dir, bundle, tmp_path):
+    out = _copy(bundle, tmp_path / "b")
+    before = json.loads((out / "manifest.json").read_text())["created"]
+    export_bundle(run_dir, FP32, out)
+    assert (out / "manifest.json").exists() and bench_bundles([out], BenchConfig(**FAST_BENCH)).rows
+    assert json.loads((out / "manifest.json").read_text())["created"] >= before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temporary or moved-aside copy left
+
+
+# ------------------------------------------------------------------ distill --out, locks, run ids
+def test_fresh_distill_refuses_a_directory_holding_a_run(run_dir, tmp_path, demo_teacher_path):
+    out = _copy(run_dir, tmp_path / "run")
+    student = (out / "student.pt").read_bytes()
+    result = runner.invoke(app, ["distill", "--iterations", "1", "--out", str(out)])
+    assert result.exit_code == 2 and "already holds a distill run" in result.output
+    assert (out / "student.pt").read_bytes() == student
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["distill", "--iterations", "1", "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_a_run_in_use_is_refused_by_distill_and_export(run_dir, tmp_path, demo_teacher_path):
+    out = _copy(run_dir, tmp_path / "run")
+    fd = os.open(out / RunDir.LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a distill working in it would
+    try:
+        with pytest.raises(UsageError, match="in use by another edgekd process"):
+            export_bundle(out, FP32, tmp_path / "b")
+        cfg = resolve_config("adversarial", overrides=dict(TINY, iterations=3))
+        with pytest.raises(UsageError, match="in use"):
+            distill(load_model(demo_teacher_path), cfg, out, resume=True)
+    finally:
+        os.close(fd)
+
+
+def test_export_refuses_a_student_of_another_run(run_dir, tmp_path):
+    out = _copy(run_dir, tmp_path / "run")
+    (out / RunDir.RUN).write_text(json.dumps({"run_id": "someone-else"}))
+    with pytest.raises(InputFileError, match="another run"):
+        export_bundle(out, FP32, tmp_path / "b")
+
+
+def test_litter_of_a_killed_write_is_removed_by_the_next_run(tmp_path, demo_teacher_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")
+    distill(load_model(demo_teacher_path), resolve_config("adversarial", overrides=TINY), out)
+    assert not list(out.glob(".*.tmp")) and RunDir(out).run_id()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run_id"] == RunDir(out).run_id()
+    assert torch.load(out / "generator.pt", weights_only=True)["run_id"] == summary["run_id"]
+
+
+# ------------------------------------------------------------------ resume
+def test_resume_takes_the_runs_own_settings_and_survives_a_torn_log(tmp_path):
+    out = tmp_path / "run"
+    first = runner.invoke(app, ["distill", "--iterations", "2", "--batch-size", "16", "--seed", "3",
+                                "--set", "ema_decay=0", "--set", "calib_images=8", "--set", "checkpoint_every=1",
+                                "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "time": 1.0, "loss_')  # a kill in the middle of an append
+    result = runner.invoke(app, ["distill", "--iterations", "3", "--resume", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["steps"] == 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["ema_decay"] == 0 and config["seed"] == 3 and config["batch_size"] == 16
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)  # every line whole again
+    changed = runner.invoke(app, ["distill", "--iterations", "4", "--resume", "--batch-size", "32",
+                                  "--out", str(out)])
+    assert changed.exit_code == 2 and "batch_size was 16" in changed.output
+    assert runner.invoke(app, ["distill", "--resume", "--iterations", "1"]).exit_code == 2  # which run?
+
+
+# ------------------------------------------------------------------ bundle integrity
+def _tampered(bundle, tmp_path, edit):
+    bad = _copy(bundle, tmp_path / "bad")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    edit(bad, manifest)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    return bad
+
+
+def _swap_teacher_in(bad, m):
+    shutil.copyfile(bad / "teacher.onnx", bad / "student.onnx")
+    del m["files"]["student.onnx"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_swap_teacher_in, "student.onnx is used but not listed"),
+    (lambda bad, m: m.update(files=[]), "lists no files"),
+    (lambda bad, m: m.update(files={}), "lists no files"),
+    (lambda bad, m: m["files"].update({"../../etc/passwd": "x"}), "not a file of the bundle"),
+    (lambda bad, m: m["files"].update({"/etc/passwd": {"sha256": "0"}}), "not a file of the bundle"),
+    (lambda bad, m: (bad / "extra.onnx").write_bytes(b"x"), "extra.onnx is not listed"),
+    (lambda bad, m: m.update(models=[e for e in m["models"] if e["role"] != "student"]), "names no student"),
+])
+def test_bench_refuses_a_bundle_that_is_not_what_export_wrote(bundle, tmp_path, edit, message):
+    bad = _tampered(bundle, tmp_path, edit)
+    with pytest.raises(InputFileError, match=message):
+        bench_bundles([bad], BenchConfig(**FAST_BENCH))
+    result = runner.invoke(app, ["bench", str(bad)])
+    assert result.exit_code == 3 and "Traceback" not in result.output
+
+
+def test_device_script_refuses_links_and_never_writes_through_one(bundle, tmp_path):
+    bad = _copy(bundle, tmp_path / "bad")
+    victim = tmp_path / "bashrc"
+    victim.write_text("precious")
+    os.symlink(victim, bad / "timing.cache")
+    with pytest.raises(trt_device.TrtError, match="is a link"):
+        trt_device.read_verified_manifest(str(bad))
+    os.symlink(victim, bad / ".timing.cache.tmp")  # planted where a naive writer would put its temp file
+    trt_device.write_bytes(str(bad / "timing.cache"), b"cache")
+    assert victim.read_text() == "precious"
+    assert (bad / "timing.cache").read_bytes() == b"cache" and not (bad / "timing.cache").is_symlink()
+    assert trt_device.main(["bench", str(bad)]) == 6  # the planted temp link is still refused
