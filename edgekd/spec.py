@@ -7,6 +7,7 @@ device side (edgekd bench) reads it with numpy alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -44,6 +45,8 @@ class ModelSpec:
                 f"mean/std have {len(self.mean)}/{len(self.std)} values but the model has {c} input "
                 f"channels: give one value or {c} values (e.g. --mean 0.5 --std 0.5)"
             )
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise UsageError("mean and std must be finite numbers, e.g. --mean 0.5 --std 0.5")
         if any(s <= 0 for s in self.std):
             raise UsageError("std values must be positive")
         if self.num_classes < 2:
@@ -73,13 +76,18 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or not {"arch", "num_classes"} <= set(d):
+            raise UsageError("the model spec is incomplete (needs arch and num_classes): re-export the file")
         kw = {k: v for k, v in d.items() if k in known}
-        for key in ("input_size", "mean", "std"):
-            if key in kw:
-                kw[key] = tuple(kw[key])
-        if kw.get("labels") is not None:
-            kw["labels"] = tuple(kw["labels"])
-        return cls(**kw)
+        try:
+            for key in ("input_size", "mean", "std"):
+                if key in kw:
+                    kw[key] = tuple(float(v) if key != "input_size" else int(v) for v in kw[key])
+            if kw.get("labels") is not None:
+                kw["labels"] = tuple(str(v) for v in kw["labels"])
+            return cls(**kw)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"the model spec is malformed ({e}): re-export the file") from None
 
 
 def parse_input_size(text: str) -> Tuple[int, int]:

@@ -173,3 +173,107 @@ def test_device_script_refuses_links_and_never_writes_through_one(bundle, tmp_pa
     assert victim.read_text() == "precious"
     assert (bad / "timing.cache").read_bytes() == b"cache" and not (bad / "timing.cache").is_symlink()
     assert trt_device.main(["bench", str(bad)]) == 6  # the planted temp link is still refused
+
+
+# ------------------------------------------------------------------ bad input is one line, never a traceback
+@pytest.fixture(scope="module")
+def junk(tmp_path_factory):
+    from edgekd.models.registry import create_model
+
+    d = tmp_path_factory.mktemp("junk")
+    torch.save({"format": "edgekd-checkpoint", "version": 1, "arch": "lenet5",
+                "state_dict": create_model("lenet5", 10, 1).state_dict()}, d / "nospec.pt")
+    (d / "labels.bin").write_bytes(bytes(range(256)) * 4)
+    target = (get_target("x86-cpu").to_dict())
+    (d / "opset.toml").write_text("\n".join(
+        f"{k} = {json.dumps(v)}" for k, v in {**target, "opset": "abc"}.items() if k not in ("bench", "vnni")))
+    (d / "cfg.toml").write_text("batch_size = [1]\n")
+    for cls in ("a", "b"):
+        (d / "imgs" / cls).mkdir(parents=True)
+        (d / "imgs" / cls / "x.png").write_bytes(b"\x89PNG but not really")
+    import numpy as np
+
+    np.savez(d / "empty.npz")
+    return d
+
+
+CASES = {
+    "checkpoint without spec": (["distill", "{j}/nospec.pt", "-n", "1"], 3),
+    "binary labels file": (["distill", "-n", "1", "--labels", "{j}/labels.bin"], 2),
+    "opset not a number": (["export", "{run}", "--target", "{j}/opset.toml"], 2),
+    "config value of the wrong type": (["distill", "-n", "1", "--config", "{j}/cfg.toml"], 2),
+    "snapshot_every=0": (["distill", "-n", "1", "--set", "snapshot_every=0"], 2),
+    "lr nan": (["distill", "-n", "1", "--set", "lr_g=nan"], 2),
+    "negative count": (["distill", "-n", "1", "--set", "eval_images=-1"], 2),
+    "std nan": (["distill", "-n", "1", "--std", "nan"], 2),
+    "time budget nan": (["distill", "-t", "nan"], 2),
+    "time budget inf": (["distill", "-t", "inf"], 2),
+    "export --calib 0": (["export", "{run}", "--target", "x86-cpu", "--calib", "0"], 2),
+    "bench empty npz": (["bench", "{bundle}", "--data", "{j}/empty.npz"], 5),
+    "bench corrupt image": (["bench", "{bundle}", "--data", "{j}/imgs"], 5),
+    "bench --max-images 0": (["bench", "{bundle}", "--data", "fashion-mnist", "--max-images", "0"], 2),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_an_exit_code(case, junk, run_dir, bundle, tmp_path):
+    args, code = CASES[case]
+    args = [a.format(j=junk, run=run_dir, bundle=bundle) for a in args]
+    if args[0] in ("distill", "export"):
+        args += ["--out", str(tmp_path / "out")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == code, (case, result.output, result.exception)
+    assert "Traceback" not in result.output and result.output.strip().startswith("error:"), result.output
+    assert not (tmp_path / "out").exists() or args[0] == "distill"
+
+
+def test_every_target_key_has_a_type_check():
+    from dataclasses import fields
+
+    from edgekd.deploy.targets import _KINDS, Target
+
+    assert set(_KINDS) == {f.name for f in fields(Target)}
+
+
+# ------------------------------------------------------------------ teachers of other layouts export too
+class _OddLeNet(torch.nn.Module):
+    """DAFL's forward signature, channel counts no registered architecture has, a (logits, features) output."""
+
+    def __init__(self, digamma: bool = False):
+        super().__init__()
+        self.digamma = digamma
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, 8, 5), torch.nn.Conv2d(8, 12, 5)
+        self.fc = torch.nn.Linear(12 * 5 * 5, 10)
+
+    def forward(self, img: torch.Tensor, out_feature: bool = False):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(img)), 2)
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        if self.digamma:  # an operator ONNX has no export for
+            x = torch.digamma(x + 1.0)
+        f = x.flatten(1)
+        return self.fc(f), f
+
+
+@pytest.mark.parametrize("digamma", [False, True])
+def test_torchscript_teacher_with_extra_argument_and_tuple_output(tmp_path, digamma):
+    torch.manual_seed(0)
+    original = _OddLeNet(digamma).eval()
+    torch.jit.script(original).save(str(tmp_path / "t.pt"))
+    loaded = load_model(tmp_path / "t.pt", spec_overrides={"input_size": (32, 32), "mean": (0.5,), "std": (0.5,)})
+    notes = " ".join(loaded.notes)
+    assert "item 0 is taken as the logits" in notes and "out_feature" in notes, notes
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.equal(loaded.model(x), original(x)[0])
+    run = tmp_path / "run"
+    distill(loaded, resolve_config("adversarial", overrides=TINY), run)
+    result = export_bundle(run, FP32, tmp_path / "b")
+    m = result.manifest
+    roles = [e["role"] for e in m["models"]]
+    if not digamma:
+        assert roles == ["student", "teacher"] and m["teacher_export"]["exported"]
+        assert m["checks"]["teacher_parity"]["max_abs_diff"] < 1e-3
+    else:  # the teacher cannot be exported: the student's bundle is written anyway, and says why
+        assert roles == ["student"] and not m["teacher_export"]["exported"]
+        assert "digamma" in m["teacher_export"]["error"] and any("WARNING" in w for w in result.warnings)
+        res = bench_bundles([tmp_path / "b"], BenchConfig(**FAST_BENCH))
+        assert [r["model"] for r in res.rows] == ["student fp32"] and res.rows[0]["agreement"] is not None

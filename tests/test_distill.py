@@ -11,7 +11,7 @@ import torch.nn as nn
 from edgekd.distill.config import parse_duration, parse_sets, resolve_config
 from edgekd.distill.loop import Distiller, distill
 from edgekd.distill.presets import PRESETS
-from edgekd.errors import UsageError
+from edgekd.errors import TrainingError, UsageError
 from edgekd.models.checkpoint import LoadedModel, load_model
 from edgekd.models.registry import create_model
 from edgekd.progress import Progress
@@ -193,6 +193,11 @@ def test_collapse_is_detected_and_generator_reinitialised(tmp_path, demo):
     assert sum("collapsed to one class" in e for e in result.events) == 2, result.events
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["events"] == result.events
+    # A collapse that keeps coming back is the training error (exit 7) errors.py promises, with the state saved.
+    cfg = resolve_config("dfad", overrides=dict(FAST, iterations=20, collapse_patience=2, s_steps=1, max_collapses=1))
+    with pytest.raises(TrainingError, match="collapsed to one class 2 times"):
+        distill(loaded, cfg, tmp_path / "again")
+    assert (tmp_path / "again" / "checkpoint.pt").exists() and TrainingError.exit_code == 7
 
 
 def test_each_side_gets_the_fastest_plan_measured_once(tmp_path, monkeypatch):

@@ -127,6 +127,13 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
         raise UsageError("give at least one bundle directory (made by 'edgekd export')")
     if any(b < 1 for b in cfg.batch_sizes):
         raise UsageError("--batch-sizes must be positive integers, e.g. 1,8")
+    for name, value, low in (("--max-images", cfg.max_images, 1), ("--iterations", cfg.iterations, 1),
+                             ("--threads", cfg.threads, 0)):
+        if value is not None and value < low:
+            raise UsageError(f"{name} must be at least {low}")
+    for name, value in (("--warmup", cfg.warmup_s), ("--duration", cfg.duration_s)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise UsageError(f"{name} must be a finite number of seconds >= 0")
     rows: List[Dict[str, Any]] = []
     verdicts: List[Dict[str, Any]] = []
     checks: List[Dict[str, Any]] = []

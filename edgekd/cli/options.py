@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import typer
 
+from edgekd.errors import UsageError
 from edgekd.spec import parse_floats, parse_input_size
 
 TEACHER_ARCH = typer.Option(None, "--teacher-arch", help="Architecture of a state_dict teacher (default: inferred from its keys).")
@@ -21,7 +22,11 @@ NUM_CLASSES = typer.Option(None, "--num-classes", help="Expected class count; an
 def parse_labels(text: str) -> Tuple[str, ...]:
     path = Path(text)
     if path.is_file():
-        return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise UsageError(f"--labels {path} is not a UTF-8 text file: give one class name per line") from None
+        return tuple(line.strip() for line in text.splitlines() if line.strip())
     return tuple(v.strip() for v in text.split(","))
 
 

@@ -153,9 +153,12 @@ def load_image_folder(root: Path) -> LabelledImages:
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in _IMAGE_SUFFIXES:
                 continue
-            with Image.open(f) as im:
-                im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
-                arr = np.asarray(im)
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
+                    arr = np.asarray(im)
+            except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+                raise DataError(f"{f} is not a readable image ({type(e).__name__}): remove or replace it") from None
             arr = arr[..., None] if arr.ndim == 2 else arr
             if size is None:
                 size = arr.shape

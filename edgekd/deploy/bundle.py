@@ -136,6 +136,8 @@ def _check_out(source: Path, out: Path) -> None:
 def export_bundle(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
     """Write a bundle for `cfg.target` at `out` (absent, empty, or an earlier bundle it replaces)."""
     source, out = Path(source), Path(out)
+    if cfg.calib_count < 1:
+        raise UsageError("--calib must be at least 1 (INT8 wants a few hundred images)")
     _check_out(source, out)
     with RunDir(source).locked(reader=True) if source.is_dir() else contextlib.nullcontext():
         return _export(source, cfg, out)
@@ -187,10 +189,11 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
         export_onnx(src.student.model, spec, tmp / "student.onnx", target.opset, {**meta, "role": "student"})
         checks["student_parity"] = check_parity(src.student.model, tmp / "student.onnx", parity_x).to_dict()
         models.append(_model_entry("student", "fp32", "student.onnx", src.student, spec))
-        if src.teacher is not None:
-            export_onnx(src.teacher.model, src.teacher.spec, tmp / "teacher.onnx", target.opset, {**meta, "role": "teacher"})
-            checks["teacher_parity"] = check_parity(src.teacher.model, tmp / "teacher.onnx", parity_x).to_dict()
-            models.append(_model_entry("teacher", "fp32", "teacher.onnx", src.teacher, src.teacher.spec))
+        teacher_export = _export_teacher(src, target, tmp, meta, parity_x, checks, models)
+        if teacher_export.get("error"):
+            warnings.append(f"WARNING: the teacher could not be exported ({teacher_export['error']}): the bundle "
+                            "holds the student only; bench compares it with the teacher's predictions stored "
+                            "in synthetic.npz, and cannot time the teacher")
 
         if precision == "int8":
             quantize_int8(tmp / "student.onnx", tmp / "student.int8.onnx", calib, quant)
@@ -230,7 +233,7 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
                             "method": cfg.calibration},
             "synthetic_eval": "synthetic.npz" if "held_x" in synth else None,
             "quantization": quant.describe() if precision == "int8" else None,
-            "export_cpu": cpu_summary(),
+            "export_cpu": cpu_summary(), "teacher_export": teacher_export,
             "checks": checks, "warnings": warnings, "provenance": provenance,
         }
         if target.runtime == "tensorrt":  # the standalone device-side builder/runner (Python 3.6+)
@@ -240,6 +243,25 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
                              for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json(tmp / "manifest.json", manifest)
     return ExportResult(out, manifest, warnings)
+
+
+def _export_teacher(src: _Source, target: Target, tmp: Path, meta: Dict[str, Any], parity_x: np.ndarray,
+                    checks: Dict[str, Any], models: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The teacher as ONNX beside the student, for bench to compare with. A teacher the exporter cannot
+    take (an operator ONNX lacks, a layout torch.onnx trips on) must not cost the user the student's
+    bundle: it is left out, and the entry returned (manifest "teacher_export") says why."""
+    if src.teacher is None:
+        return {"exported": False, "error": None, "reason": "no teacher in the source"}
+    t = src.teacher
+    try:
+        export_onnx(t.model, t.spec, tmp / "teacher.onnx", target.opset, {**meta, "role": "teacher"})
+        checks["teacher_parity"] = check_parity(t.model, tmp / "teacher.onnx", parity_x).to_dict()
+    except Exception as e:  # the exporter fails in many ways (UnsupportedOperatorError, asserts, QualityError)
+        (tmp / "teacher.onnx").unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        return {"exported": False, "error": f"{type(e).__name__}: {first}", "exporter": "torch.onnx (TorchScript)"}
+    models.append(_model_entry("teacher", "fp32", "teacher.onnx", t, t.spec))
+    return {"exported": True, "error": None, "exporter": "torch.onnx (TorchScript)"}
 
 
 def _int8_problem(checks: Dict[str, Any], cfg: ExportConfig, kernels_match_device: bool) -> Optional[str]:

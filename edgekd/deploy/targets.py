@@ -48,6 +48,16 @@ class Target:
                              f"choose --precision {' or '.join(self.precisions)}, or another target")
 
 
+# TOML type of each key (and of a list's items): a wrong type is a one-line error, not a crash later.
+_KINDS: Dict[str, Tuple[type, Optional[type]]] = {
+    "name": (str, None), "description": (str, None), "runtime": (str, None), "opset": (int, None),
+    "precisions": (list, str), "default_precision": (str, None), "batch_sizes": (list, int),
+    "dynamic_batch": (bool, None), "threads": (int, None), "memory_mib": (int, None), "workspace_mib": (int, None),
+    "tensorrt_versions": (list, str), "python": (str, None), "dla": (bool, None), "int8_symmetric": (bool, None),
+    "vnni": (str, None), "bench": (dict, None), "notes": (str, None),
+}
+
+
 def _validate(d: Dict[str, Any], source: str) -> Target:
     required = ("name", "description", "runtime", "opset", "precisions", "default_precision")
     missing = [k for k in required if k not in d]
@@ -60,6 +70,14 @@ def _validate(d: Dict[str, Any], source: str) -> Target:
     unknown = sorted(set(d) - known)
     if unknown:
         raise UsageError(f"target file {source} has unknown key {unknown[0]!r}")
+    for key, value in d.items():
+        kind, item = _KINDS[key]
+        wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if not wrong and item is not None:
+            wrong = any(not isinstance(v, item) or isinstance(v, bool) for v in value)
+        if wrong:
+            what = f"a list of {item.__name__}" if item else kind.__name__
+            raise UsageError(f"target file {source}: {key} = {value!r} should be {what}")
     if d["runtime"] not in RUNTIMES:
         raise UsageError(f"target {d['name']}: runtime must be one of {', '.join(RUNTIMES)}")
     bad = [p for p in d["precisions"] if p not in PRECISIONS]

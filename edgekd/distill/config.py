@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
@@ -17,6 +18,8 @@ from edgekd.distill.replay import POLICIES as REPLAY_POLICIES
 from edgekd.errors import UsageError
 from edgekd.fileio import read_toml
 
+_MAY_BE_NEGATIVE = ("seed",)
+_AT_LEAST_ONE = ("latent_dim", "gen_width", "snapshot_every", "collapse_patience", "calib_images", "eval_images")
 # Keys whose value names an entry of a registry.
 _CHOICES = {"adv_loss": DIVERGENCES, "kd_loss": DIVERGENCES, "bn_loss": BN_LOSSES,
             "replay_policy": REPLAY_POLICIES, "gen_output": GEN_OUTPUTS,
@@ -77,6 +80,7 @@ class DistillConfig:
     max_recoveries: int = 10
     collapse_fraction: float = 0.9  # one class taking this share of a batch ...
     collapse_patience: int = 50  # ... for this many steps is a collapse
+    max_collapses: int = 3  # the generator is re-initialised this many times, then the run stops (exit 7)
     calib_images: int = 512
 
     def validate(self) -> DistillConfig:
@@ -89,8 +93,16 @@ class DistillConfig:
             raise UsageError("give --iterations N or --time-budget (e.g. 10m) to bound the run")
         if self.iterations is not None and self.iterations < 1:
             raise UsageError("--iterations must be >= 1")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise UsageError("--time-budget must be positive")
+        if self.time_budget is not None and not 0 < self.time_budget < math.inf:
+            raise UsageError("--time-budget must be a positive, finite duration, e.g. 10m")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value) or (value < 0 and f.name not in _MAY_BE_NEGATIVE):
+                    raise UsageError(f"setting {f.name}={value!r}: must be a finite number >= 0")
+        for key in _AT_LEAST_ONE:
+            if getattr(self, key) < 1:
+                raise UsageError(f"setting {key} must be >= 1")
         if self.batch_size < 2:
             raise UsageError("--batch-size must be >= 2 (BatchNorm needs more than one image)")
         for key, choices in _CHOICES.items():
@@ -132,7 +144,7 @@ def _coerce(key: str, value: Any) -> Any:
     if key in ("time_budget",):
         kind = float
     if not isinstance(value, str) or kind is str or kind is None:
-        return value
+        return _checked_type(key, value, kind)
     try:
         if kind is bool:
             if value.lower() in ("1", "true", "yes", "on"):
@@ -143,6 +155,19 @@ def _coerce(key: str, value: Any) -> Any:
         return kind(value)
     except ValueError:
         raise UsageError(f"setting {key}={value!r}: expected a {kind.__name__}") from None
+
+
+def _checked_type(key: str, value: Any, kind: Any) -> Any:
+    """A value from a config file already has a type: it must be the setting's (an int may stand for
+    a float), or the run would fail later with a TypeError far from the mistake."""
+    if kind is None or value is None:
+        return value
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise UsageError(f"setting {key}={value!r}: expected a {kind.__name__}")
+    return value
 
 
 def parse_sets(items: Iterable[str]) -> Dict[str, Any]:

@@ -230,6 +230,7 @@ class Distiller:
         self.elapsed = 0.0
         self.lr_scale = 1.0
         self.collapse_run = 0
+        self.collapses = 0
         self.recoveries_in_a_row = 0
         self.snapshot: Optional[Dict[str, Any]] = None
         self.history: List[Dict[str, Any]] = []
@@ -463,6 +464,13 @@ class Distiller:
         self.collapse_run = self.collapse_run + 1 if top_share >= self.cfg.collapse_fraction else 0
         if self.collapse_run >= self.cfg.collapse_patience:
             self.collapse_run = 0
+            self.collapses += 1
+            if self.collapses > self.cfg.max_collapses:
+                self.save_checkpoint()
+                raise TrainingError(
+                    f"the generator collapsed to one class {self.collapses} times (step {self.step}): this teacher "
+                    "needs another setting, e.g. --set w_bal=20 or --method dfq; the last state is in "
+                    f"{self.rundir / RunDir.CHECKPOINT}")
             _reset_weights(self.m.generator)
             self.m.opt_g.state.clear()
             self._event(f"step {self.step}: generator collapsed to one class "
@@ -534,7 +542,7 @@ class Distiller:
             "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.plan.device.type == "cuda" else None,
-            "lr_scale": self.lr_scale, "collapse_run": self.collapse_run, "events": self.events,
+            "lr_scale": self.lr_scale, "collapse_run": self.collapse_run, "collapses": self.collapses, "events": self.events,
             "ema_updates": self.ema_updates,
             "teacher_sha256": self.teacher_info.sha256, "config": self.cfg.to_dict(),
             "plans": {role: [p.precision, p.channels_last] for role, p in self.plans.items()},
@@ -572,6 +580,7 @@ class Distiller:
         self.lr_scale, self.collapse_run = float(state["lr_scale"]), int(state["collapse_run"])
         self.events = list(state["events"])
         self.ema_updates = int(state.get("ema_updates", 0))
+        self.collapses = int(state.get("collapses", 0))
         self.s_steps, self.s_steps_chosen = state.get("s_steps", [self.cfg.s_steps, False])
         self.s_steps = int(self.s_steps)
         if "pool" in state:
@@ -725,7 +734,7 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
 # Settings a resumed run may change: how long it goes on and how it reports; everything else shapes
 # the models, the memory or the schedule the checkpoint was made with.
 RESUME_MAY_CHANGE = ("iterations", "time_budget", "eval_every_s", "eval_images", "checkpoint_every_s",
-                     "checkpoint_every", "max_recoveries", "device", "precision", "channels_last")
+                     "checkpoint_every", "max_recoveries", "max_collapses", "device", "precision", "channels_last")
 
 
 def check_resumable(saved: Dict[str, Any], cfg: DistillConfig) -> None:

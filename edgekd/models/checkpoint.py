@@ -20,8 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from edgekd.errors import InputFileError, ModelError
+from edgekd.errors import InputFileError, ModelError, UsageError
 from edgekd.fileio import PathLike, atomic_path, sha256_file
+from edgekd.models.logits import as_classifier
 from edgekd.models.registry import create_model, get_entry, list_models
 from edgekd.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
@@ -228,7 +229,13 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
 
     if kind == "weights" and isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         fmt = "edgekd"
-        spec = ModelSpec.from_dict(obj["spec"])
+        if not isinstance(obj.get("spec"), dict) or not isinstance(obj.get("state_dict"), dict):
+            raise InputFileError(f"{path} is an edgekd checkpoint without its spec or weights: "
+                                 "it is damaged or was written by hand; export or distill it again")
+        try:
+            spec = ModelSpec.from_dict(obj["spec"])
+        except UsageError as e:
+            raise InputFileError(f"{path}: {e}") from None
         model = create_model(spec.arch, spec.num_classes, spec.in_channels)
         try:
             model.load_state_dict(obj["state_dict"])
@@ -256,10 +263,14 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
         fmt = "torchscript" if kind == "torchscript" else "pickle"
         if kind == "torchscript" and arch is None:
             notes.append(rebuilt[2])
-        model = obj
-        channels = _first_conv_channels(model)
+        channels = _first_conv_channels(obj)
         size = overrides.get("input_size") or (224, 224)
-        model.eval()
+        try:
+            model, picked = as_classifier(obj, torch.zeros(1, channels, *size))
+        except RuntimeError as e:
+            raise ModelError(f"{path} does not run on a {channels}x{size[0]}x{size[1]} input "
+                             f"({str(e).splitlines()[0][:80]}): give its --input-size") from None
+        notes.extend(picked)
         classes = _probe_classes(model, channels, size)
         spec = ModelSpec(arch or type(model).__name__, classes, channels, size,
                          _fit(IMAGENET_MEAN, channels), _fit(IMAGENET_STD, channels))
