@@ -256,3 +256,29 @@ def test_student_steps_follow_their_measured_cost(tmp_path, demo):
                       tmp_path / "c")
     fixed.run()
     assert fixed.s_steps == 6 and not fixed.s_steps_chosen
+
+
+def test_the_student_kept_is_the_best_on_earlier_generators_images(tmp_path, demo):
+    """A student ruined in the last iteration is not the one saved: the kept one agrees more with the
+    teacher on the pool of earlier generators' images, and the run says which step it came from."""
+    class Ruined(Distiller):
+        def _iteration(self):
+            losses = super()._iteration()
+            if self.step == self.cfg.iterations - 1:
+                with torch.no_grad():
+                    for p in self.m.final_student.parameters():
+                        p.zero_()
+            return losses
+
+    cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=4, eval_every_s=0))
+    result = Ruined(load_model(demo), cfg, tmp_path / "run").run()
+    kept = [e for e in result.events if e.startswith("kept the student of step 3")]
+    assert kept, result.events
+    student = load_model(tmp_path / "run" / "student.pt").model
+    assert any(p.abs().sum() > 0 for p in student.parameters())
+    assert result.metrics["best_step"] == 3
+    cfg.keep_best = False
+    result = Ruined(load_model(demo), cfg, tmp_path / "last").run()
+    student = load_model(tmp_path / "last" / "student.pt").model
+    assert not any("kept the student" in e for e in result.events)
+    assert all(p.abs().sum() == 0 for p in student.parameters() if p.dim() > 1)

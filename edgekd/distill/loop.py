@@ -44,6 +44,7 @@ from edgekd.rundir import RunDir
 from edgekd.spec import ModelSpec
 
 _POOL_BYTES = 64 * 2 ** 20  # held-out pool of earlier generators' images (evaluate)
+_MIN_POOL = 128  # fewer pool images than this decide nothing: agreement on a handful is noise
 _OPTIMIZERS = {
     "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay),
     "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
@@ -250,6 +251,8 @@ class Distiller:
         n_eval = cfg.eval_synthetic or max(64, min(1024, 1024 * 1024 // (h * w)))
         gen = torch.Generator().manual_seed(cfg.seed + 10_007)
         self.eval_z = torch.randn(n_eval, cfg.latent_dim, generator=gen).to(dev)
+        self.best_model: Optional[nn.Module] = None  # the student kept so far (keep_best)
+        self.best_step: Optional[int] = None
         self.pool_x = torch.empty(0, *self.spec.input_shape, device=dev)
         self.pool_t = torch.empty(0, dtype=torch.long, device=dev)
         self._pool_rng = torch.Generator().manual_seed(cfg.seed + 20_011)  # own stream: resume stays exact
@@ -492,12 +495,15 @@ class Distiller:
                 out.append(model(self._fmt(x[i:i + batch], role)).argmax(1))
         return torch.cat(out)
 
-    def evaluate(self) -> Dict[str, float]:
+    def evaluate(self, model: Optional[nn.Module] = None) -> Dict[str, float]:
         """Real test accuracy when eval data was given; agreement with the teacher on held-out
-        synthetic images always."""
+        synthetic images always, and on the pool of earlier generators' images, which decides the
+        student kept (keep_best). `model`: another student to score, the run's state untouched."""
+        scoring_run = model is None
+        model = self.m.final_student if model is None else model
         result: Dict[str, float] = {}
         if self.eval_x is not None:
-            pred = self._predict(self.m.final_student, self.eval_x)
+            pred = self._predict(model, self.eval_x)
             result["accuracy"] = float((pred == self.eval_y).float().mean())
             if self.teacher_pred_real is None:  # the teacher is frozen: predict the real set once
                 self.teacher_pred_real = self._predict(self.m.teacher, self.eval_x)
@@ -507,14 +513,31 @@ class Distiller:
         with torch.no_grad(), self.plans["teacher"].autocast():
             x = torch.cat([gen(self.eval_z[i:i + 256]) for i in range(0, len(self.eval_z), 256)]).float()
         t_pred = self._predict(self.m.teacher, x)
-        agree = self._predict(self.m.final_student, x) == t_pred
+        agree = self._predict(model, x) == t_pred
         result["agreement_synthetic"] = float(agree.float().mean())
         if len(self.pool_x):
-            pool_agree = self._predict(self.m.final_student, self.pool_x) == self.pool_t
-            result["agreement_pool"] = float(pool_agree.float().mean())
-        self._grow_pool(x, t_pred)
+            result["agreement_pool"] = self._pool_agreement(model)
+        if scoring_run:
+            if self.cfg.keep_best and len(self.pool_x) >= _MIN_POOL:
+                self._consider_best(result["agreement_pool"])
+            self._grow_pool(x, t_pred)
+        if self.best_step is not None:
+            result["best_step"] = self.best_step
         self.m.student.train()
         return result
+
+    def _pool_agreement(self, model: nn.Module) -> float:
+        return float((self._predict(model, self.pool_x) == self.pool_t).float().mean())
+
+    def _consider_best(self, score: float) -> None:
+        """The current student replaces the kept one when it agrees with the teacher on at least as
+        many pool images as the kept one does on the same pool (scored again: the pool has grown)."""
+        if self.best_model is not None and self._pool_agreement(self.best_model) > score:
+            return
+        if self.best_model is None:
+            self.best_model = copy.deepcopy(self.m.final_student).requires_grad_(False)
+        self.best_model.load_state_dict(self.m.final_student.state_dict())
+        self.best_step = self.step
 
     def _grow_pool(self, x: torch.Tensor, t_pred: torch.Tensor) -> None:
         """A fixed share of each evaluation's held-out images joins a pool that the later students are
@@ -548,6 +571,8 @@ class Distiller:
             "plans": {role: [p.precision, p.channels_last] for role, p in self.plans.items()},
             "s_steps": [self.s_steps, self.s_steps_chosen],
             "pool": {"x": self.pool_x.cpu(), "t": self.pool_t.cpu(), "rng": self._pool_rng.get_state()},
+            "best": None if self.best_model is None else {"step": self.best_step,
+                                                          "state": self.best_model.state_dict()},
         }
         with atomic_path(self.rundir / RunDir.CHECKPOINT) as tmp:
             torch.save(state, tmp)
@@ -587,6 +612,10 @@ class Distiller:
             dev = self.plan.device
             self.pool_x, self.pool_t = state["pool"]["x"].to(dev), state["pool"]["t"].to(dev)
             self._pool_rng.set_state(state["pool"]["rng"].cpu())
+        if state.get("best"):
+            self.best_model = copy.deepcopy(self.m.final_student).requires_grad_(False)
+            self.best_model.load_state_dict(state["best"]["state"])
+            self.best_step = int(state["best"]["step"])
         # Metrics logged after the checkpoint belong to the lost future: drop them.
         # A torn last line (killed while appending) is dropped with them.
         log = self.rundir / RunDir.METRICS
@@ -695,10 +724,17 @@ class Distiller:
         self.save_checkpoint()
         if not latest or interrupted:
             latest = self.evaluate()
+        chosen = self.m.final_student
+        if self.best_model is not None and self.best_step != self.step:
+            last = latest.get("agreement_pool", 0.0)
+            latest = self.evaluate(self.best_model)
+            chosen = self.best_model
+            self._event(f"kept the student of step {self.best_step}: it agrees with the teacher on "
+                        f"{latest['agreement_pool']:.1%} of earlier generators' images, the last one on {last:.1%}")
         student_path = self.rundir / RunDir.STUDENT
-        save_checkpoint(student_path, self.m.final_student.float().to(memory_format=torch.contiguous_format).cpu(),
+        save_checkpoint(student_path, chosen.float().to(memory_format=torch.contiguous_format).cpu(),
                         self._student_spec(), self.provenance())
-        self.m.final_student.to(self.plan.device)
+        chosen.to(self.plan.device)
         if not interrupted:
             from edgekd.distill.artifacts import write_artifacts
 
@@ -734,7 +770,7 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
 # Settings a resumed run may change: how long it goes on and how it reports; everything else shapes
 # the models, the memory or the schedule the checkpoint was made with.
 RESUME_MAY_CHANGE = ("iterations", "time_budget", "eval_every_s", "eval_images", "checkpoint_every_s",
-                     "checkpoint_every", "max_recoveries", "max_collapses", "device", "precision", "channels_last")
+                     "checkpoint_every", "max_recoveries", "max_collapses", "keep_best", "device", "precision", "channels_last")
 
 
 def check_resumable(saved: Dict[str, Any], cfg: DistillConfig) -> None:
