@@ -48,7 +48,7 @@ def main() -> None:
         overrides = {"mean": (args.mean,), "std": (args.std,)} if args.mean is not None else {}
         if args.input_size:
             overrides["input_size"] = (args.input_size, args.input_size)
-        run_dir = Path("/tmp/edgekd-tune") / f"{path.stem}-{args.student}-{variant.replace(',', '_')}"
+        run_dir = Path("/tmp/edgekd-tune") / f"{path.stem}-{args.student}-{args.method}-{variant.replace(',', '_')}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a scratch run per variant: edgekd refuses to overwrite one
         result = distill(load_model(path, spec_overrides=overrides), cfg, run_dir, data)
         row = {"teacher": args.teacher_name or path.name, "method": args.method, "student": args.student,

@@ -124,6 +124,20 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path, demo):
     assert steps == sorted(steps)
 
 
+@pytest.mark.parametrize("method", ["adversarial", "fast"])
+def test_resume_is_exact_on_a_bn_teacher(tmp_path, method):
+    """Each synthesizer keeps all its state in the checkpoint: 2 + 2 iterations equal 4."""
+    cfg = dict(FAST, iterations=4, seed=1, student="resnet18-cifar", s_steps=2, lr_schedule="constant")
+    distill(_bn_teacher(tmp_path), resolve_config(method, overrides=cfg), tmp_path / "full")
+    distill(_bn_teacher(tmp_path), resolve_config(method, overrides={**cfg, "iterations": 2}), tmp_path / "part")
+    distill(_bn_teacher(tmp_path), resolve_config(method, overrides=cfg), tmp_path / "part", resume=True)
+    a = load_model(tmp_path / "full" / "student.pt").model.state_dict()
+    b = load_model(tmp_path / "part" / "student.pt").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(v) for r in losses for k, v in r.items() if k.startswith("loss"))
+
+
 def test_resume_refuses_another_teacher(tmp_path, demo):
     cfg = resolve_config("dafl", overrides=dict(FAST, iterations=1))
     distill(load_model(demo), cfg, tmp_path / "run")

@@ -15,6 +15,7 @@ from edgekd.distill.generator import OUTPUTS as GEN_OUTPUTS
 from edgekd.distill.losses import BN_LOSSES, DIVERGENCES
 from edgekd.distill.presets import DEFAULT_METHOD, PRESETS
 from edgekd.distill.replay import POLICIES as REPLAY_POLICIES
+from edgekd.distill.synthesizers import SYNTHESIZERS
 from edgekd.errors import UsageError
 from edgekd.fileio import read_toml
 
@@ -23,7 +24,7 @@ _AT_LEAST_ONE = ("latent_dim", "gen_width", "snapshot_every", "collapse_patience
 # Keys whose value names an entry of a registry.
 _CHOICES = {"adv_loss": DIVERGENCES, "kd_loss": DIVERGENCES, "bn_loss": BN_LOSSES,
             "replay_policy": REPLAY_POLICIES, "gen_output": GEN_OUTPUTS,
-            "s_augment": AUGMENTS}
+            "s_augment": AUGMENTS, "synthesizer": SYNTHESIZERS}
 
 
 @dataclass
@@ -53,8 +54,10 @@ class DistillConfig:
     bn_loss: str = "l2"  # l2: DeepInversion/DFQ's norm | kl: per-layer Gaussian KL (scale-free)
     kd_loss: str = "kl"
     tau: float = 1.0
+    synthesizer: str = "generator"  # generator: one G for the run | meta: Fast-Datafree's meta-generator (synthesizers.py)
+    lr_z: float = 0.015  # meta: learning rate of the per-batch latents
     # schedule
-    g_steps: int = 1
+    g_steps: int = 1  # generator steps per iteration (meta: inner steps on one batch)
     s_steps: int = 1  # student steps per G step; with s_time_ratio > 0, the most it may be
     s_time_ratio: float = 0.0  # > 0: after two iterations, s_steps = this x (G step time / S step time), capped
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on

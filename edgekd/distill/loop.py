@@ -35,6 +35,7 @@ from edgekd.distill.hooks import BNStatsHook, FeatureMapHook, PenultimateHook, h
 from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
 from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
 from edgekd.distill.replay import ReplayMemory
+from edgekd.distill.synthesizers import SYNTHESIZERS
 from edgekd.errors import EdgekdError, TrainingError, UsageError
 from edgekd.fileio import atomic_path, write_json
 from edgekd.models.checkpoint import LoadedModel, save_checkpoint
@@ -417,8 +418,7 @@ class Distiller:
         # The second iteration (warm, representative) is timed when S steps follow their cost.
         timing = cfg.s_time_ratio > 0 and self.step == 1 and not self.s_steps_chosen
         t0 = self._now(timing)
-        for _ in range(cfg.g_steps):
-            terms.update(self._generator_step())
+        terms.update(SYNTHESIZERS[cfg.synthesizer](self))
         t1 = self._now(timing)
         for i in range(self.s_steps):
             terms.update(self._student_step(first=i == 0))

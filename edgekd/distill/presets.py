@@ -42,6 +42,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                         g_jitter=0.0625, gen_width=64, adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=1, s_steps=20, s_time_ratio=2.0, shared_batch=True,
                         lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=16384, replay_fraction=0.5,
                         replay_policy="reservoir", ema_decay=0.999),
+    # Fast-Datafree (Fang et al., AAAI 2022; zju-vipa/Fast-Datafree scripts/fast_cifar.sh, "fast2"): the
+    # synthesis side is the paper's (meta-generator, 2 inner steps, lr_g 5e-3, lr_z 0.015, bn 10, oh 0.5
+    # against random targets, adv 1.1 masked KL, shifted and flipped images); the student side is ours
+    # (Adam, cost-scaled steps, reservoir memory relabelled by the teacher under the same augmentation,
+    # as the reference's KD step sees augmented pool images through the teacher; EMA).
+    "fast": dict(synthesizer="meta", w_adv=1.1, w_bn=10.0, w_oh=0.5, w_bal=0.0, w_act=0.0, w_at=0.0, w_gan=0.0,
+                 adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=2, lr_g=5e-3, lr_z=0.015, gen_width=64,
+                 s_steps=50, s_time_ratio=2.0, shared_batch=True, lr_s=2e-3, s_optimizer="adam",
+                 replay_size=16384, replay_fraction=0.5, replay_policy="reservoir", s_augment="shift_flip",
+                 ema_decay=0.999),
 }
 
 DEFAULT_METHOD = "adversarial"
