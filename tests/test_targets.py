@@ -98,3 +98,18 @@ def test_cpu_flags_honour_isa_caps(monkeypatch):
     assert "avx512_bf16" not in cpu.torch_cpu_flags()
     assert cpu.int8_dot_product(frozenset({"avx2"})) is None
     assert cpu.int8_dot_product(frozenset({"avx2", "avx_vnni"})) == "avx_vnni"
+
+
+def test_the_wheel_carries_the_top_level_target_profiles(tmp_path):
+    """targets/ sits beside edgekd/ in the repository; `pip install` must still bring every profile."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
+    names = zipfile.ZipFile(next(tmp_path.glob("edgekd-*.whl"))).namelist()
+    shipped = {Path(n).name for n in names if n.startswith("edgekd/targets/")}
+    assert shipped == {p.name for p in (root / "targets").glob("*.toml")} and "x86-cpu.toml" in shipped

@@ -1,4 +1,4 @@
-"""Device profiles: one TOML file per device under edgekd/targets/ (data, validated on load)."""
+"""Device profiles: one TOML file per device under targets/ (data, validated on load)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any, Dict, List, Optional, Tuple
 from edgekd.errors import UsageError
 from edgekd.fileio import read_toml
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+_PACKAGE = Path(__file__).resolve().parent.parent
+# An installed wheel carries the profiles as edgekd/targets; a source checkout has them at the top level.
+TARGETS_DIR = next((d for d in (_PACKAGE / "targets", _PACKAGE.parent / "targets") if d.is_dir()),
+                   _PACKAGE.parent / "targets")
 RUNTIMES = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 VNNI_CHOICES = ("", "detect", "yes", "no")  # "": not an x86 CPU target

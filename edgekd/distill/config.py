@@ -42,7 +42,7 @@ class DistillConfig:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: str = "auto"  # auto | on | off
-    # loss weights (DESIGN.md section 2)
+    # loss weights (docs/method.md)
     w_adv: float = 0.0
     w_bn: float = 0.0
     w_oh: float = 0.0

@@ -1,4 +1,4 @@
-"""Loss terms as free functions on logits and features (DESIGN.md section 2).
+"""Loss terms as free functions on logits and features (docs/method.md).
 
 Every function returns a scalar computed in float32, whatever precision the forward pass used.
 Divergences are looked up by name in DIVERGENCES, so presets choose them as data.

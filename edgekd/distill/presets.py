@@ -1,6 +1,6 @@
 """Methods are data: one dict of weights and schedule per method, all run by the same loop.
 
-Reference formulations (DESIGN.md section 2 and the public DataFree benchmark):
+Reference formulations (docs/method.md and the public DataFree benchmark):
 - dafl:  oh 1, bal 5 with log10 (= 5/ln 10 with our natural log), act 0.1; G and S step together
          on one batch; student KL; Adam lr_G 0.2, lr_S 2e-3 (DAFL's MNIST settings).
 - dfad:  adversarial L1 on logits; student L1; 5 S steps per G step; SGD lr_S 0.1, Adam lr_G 1e-3.
