@@ -203,3 +203,27 @@ def test_latency_summary_percentiles():
     assert abs(stats.p50_ms - 50.5) < 1e-9 and abs(stats.mean_ms - 50.5) < 1e-9
     assert stats.p90_ms == pytest.approx(90.1) and stats.p99_ms == pytest.approx(99.01)
     assert stats.throughput_ips == pytest.approx(4 / 0.0505)
+
+
+def test_bench_table_shows_every_value_whole_in_80_columns(int8_bundle, tmp_path, monkeypatch):
+    """Device benches are read over ssh and in CI logs: no value cut to an ellipsis, no line past 80."""
+    import shutil
+
+    from edgekd.bench.report import TERMINAL_COLUMNS, fmt
+    from edgekd.cli.app import console
+
+    long = tmp_path / "fmnist_resnet34-mobilenet_v2-adversarial-x86-cpu-int8-with-a-very-long-name-indeed"
+    shutil.copytree(int8_bundle, long)
+    monkeypatch.setattr(console, "width", 80)
+    result = runner.invoke(app, ["bench", str(long), "--data", "fashion-mnist", "--max-images", "300",
+                                 "--iterations", "3", "--warmup", "0", "--batch-sizes", "1,8",
+                                 "--no-timing-check", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in result.output, result.output
+    flat = "".join(result.output.split())
+    assert long.name in flat  # the bundle's name, perhaps wrapped, whole
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    for r in rows:
+        values = [fmt(c, r.get(c)) for c in TERMINAL_COLUMNS]
+        assert any(all(v in line for v in values) for line in lines), (values, result.output)

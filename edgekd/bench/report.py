@@ -8,8 +8,11 @@ from typing import Any, Dict, List, Optional
 from edgekd.bench.core import BenchResult
 from edgekd.errors import RuntimeMissingError
 
-TERMINAL_COLUMNS = ("bundle", "model", "batch_size", "top1", "agreement", "p50_ms", "p90_ms", "p99_ms",
-                    "throughput_ips", "size_mb")
+# What the terminal table shows, one table per bundle (its name as the title, wrapped, never cut): these
+# fit 80 columns whole, where device benches are read (ssh, CI logs). The rest is in --json/--markdown.
+TERMINAL_COLUMNS = ("model", "batch_size", "top1", "agreement", "p50_ms", "p99_ms", "throughput_ips", "size_mb")
+TERMINAL_HEADERS = {"batch_size": "batch", "agreement": "agree", "p50_ms": "p50 ms", "p99_ms": "p99 ms",
+                    "throughput_ips": "img/s", "size_mb": "MB"}
 COLUMNS = ("bundle", "model", "runtime", "batch_size", "top1", "top5", "agreement", "mean_ms", "p50_ms", "p90_ms",
            "p99_ms", "throughput_ips", "size_mb", "parameters", "macs")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from edgekd.cli.app import app, console
@@ -41,20 +42,24 @@ def bench_cmd(
 ) -> None:
     """Benchmark student against teacher: accuracy, agreement and latency, on this device."""
     from edgekd.bench.core import BenchConfig, bench_bundles
-    from edgekd.bench.report import TERMINAL_COLUMNS, fmt, plot, to_markdown
+    from edgekd.bench.report import TERMINAL_COLUMNS, TERMINAL_HEADERS, fmt, plot, to_markdown
     from edgekd.cli.rich_progress import RichProgress
 
     cfg = BenchConfig(data, runtime, _parse_sizes(batch_sizes), warmup, None if iterations else duration,
                       iterations, threads, max_images, not no_timing_check)
     result = bench_bundles(bundles or [Path(".")], cfg, RichProgress(console))
-    table = Table(title=f"edgekd bench - accuracy on {result.evaluation['source']}")
-    shown = TERMINAL_COLUMNS  # the rest (p90 per runtime, MACs, ...) goes to --json/--markdown
-    for c in shown:
-        table.add_column(c.replace("_ms", " ms").replace("batch_size", "batch").replace("throughput_ips", "img/s"),
-                         justify="left" if c in ("bundle", "model") else "right")
-    for r in result.rows:
-        table.add_row(*(fmt(c, r.get(c)) for c in shown))
-    console.print(table)
+    console.print(f"[bold]edgekd bench[/]: accuracy on {result.evaluation['source']}")
+    for bundle in dict.fromkeys(r["bundle"] for r in result.rows):
+        # No vertical rules and one space of padding: every value stays whole in 80 columns; a value
+        # that still does not fit wraps (fold) instead of being cut to an ellipsis.
+        table = Table(title=bundle, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+        for c in TERMINAL_COLUMNS:
+            table.add_column(TERMINAL_HEADERS.get(c, c), justify="left" if c == "model" else "right",
+                             overflow="fold")
+        for r in result.rows:
+            if r["bundle"] == bundle:
+                table.add_row(*(fmt(c, r.get(c)) for c in TERMINAL_COLUMNS))
+        console.print(table)
     for w in result.warnings:
         console.print(f"[bold red]WARNING: {w}[/]")
     for v in result.verdicts:
