@@ -27,6 +27,19 @@ def _umask() -> int:
     return mask
 
 
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and directories on some) refuse fsync: nothing better to do
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
@@ -41,7 +54,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are meant to be shared
+        _fsync(tmp_path)  # the data is on disk before the name points at it: a power cut leaves old or new
         os.replace(tmp_path, path)
+        _fsync(path.parent)  # ... and the rename itself is durable
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -76,6 +91,9 @@ def atomic_dir(path: PathLike, replaceable: Callable[[Path], bool] = lambda _: F
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
         check_replaceable(path, replaceable, what)  # again: it may have changed while we worked
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
@@ -84,6 +102,7 @@ def atomic_dir(path: PathLike, replaceable: Callable[[Path], bool] = lambda _: F
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
