@@ -16,7 +16,10 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from edgekd import __version__
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, RuntimeMissingError
+
+# What `pip install "edgekd[train]"` adds to the device install (pyproject.toml).
+WORKSTATION_MODULES = ("torch", "torchvision", "onnx", "matplotlib")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,6 +39,15 @@ class _ErrorMappingGroup(TyperGroup):
                 raise
             print_error(e)
             raise typer.Exit(e.exit_code) from None
+        except ModuleNotFoundError as e:
+            # The device install (`pip install edgekd`) has no torch: a workstation command says so.
+            if e.name not in WORKSTATION_MODULES or os.environ.get("EDGEKD_DEBUG"):
+                raise
+            err = RuntimeMissingError(f"'edgekd {ctx.invoked_subcommand}' needs {e.name}, part of the workstation "
+                                      "install: pip install \"edgekd[train]\" (the device install runs bench, "
+                                      "targets and inspect of bundles only)")
+            print_error(err)
+            raise typer.Exit(err.exit_code) from None
 
 
 app = typer.Typer(

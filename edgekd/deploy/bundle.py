@@ -296,7 +296,7 @@ def _device_readme(manifest: Dict[str, Any], name: str) -> str:
                                                          for m in manifest["models"]), "",
              "## On the device", "", "```"]
     if t["runtime"] == "onnxruntime":
-        lines += ["python3 -m venv ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd onnxruntime numpy",
+        lines += ["python3 -m venv ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd   # the device install: no PyTorch",
                   f"~/edgekd-venv/bin/edgekd bench {name} --json {name}-bench.json"]
     else:
         flag = {"fp16": "--fp16", "int8": "--int8 --fp16", "fp32": ""}[manifest["precision"]]
@@ -309,7 +309,7 @@ def _device_readme(manifest: Dict[str, Any], name: str) -> str:
                   f"python3 {name}/{TRT_SCRIPT} build {name}",
                   f"python3 {name}/{TRT_SCRIPT} bench {name}",
                   "# Orin (Python 3.8/3.10): edgekd itself, in a venv that sees the system TensorRT:",
-                  "python3 -m venv --system-site-packages ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd",
+                  "python3 -m venv --system-site-packages ~/edgekd-venv && ~/edgekd-venv/bin/pip install \"edgekd[jetson]\"",
                   f"~/edgekd-venv/bin/edgekd build {name} && ~/edgekd-venv/bin/edgekd bench {name} --runtime tensorrt",
                   "# or build by hand with trtexec:",
                   f"/usr/src/tensorrt/bin/trtexec --onnx={onnx_file} {flag} {ws} --saveEngine=student.engine "
