@@ -161,6 +161,13 @@ def test_bench_refuses_a_bundle_that_is_not_what_export_wrote(bundle, tmp_path, 
     assert result.exit_code == 3 and "Traceback" not in result.output
 
 
+def test_bench_outputs_written_into_a_bundle_do_not_break_it(bundle, tmp_path):
+    ok = _copy(bundle, tmp_path / "ok")  # as make demo does: bench --plot BUNDLE/bench.png
+    (ok / "bench.png").write_bytes(b"png")
+    (ok / "bench.json").write_text("{}")
+    assert bench_bundles([ok], BenchConfig(**FAST_BENCH)).rows
+
+
 def test_device_script_refuses_links_and_never_writes_through_one(bundle, tmp_path):
     bad = _copy(bundle, tmp_path / "bad")
     victim = tmp_path / "bashrc"

@@ -13,8 +13,8 @@ BUNDLE_FORMAT = "edgekd-bundle"
 
 def load_manifest(bundle: Path, verify: bool = True) -> Dict[str, Any]:
     """The manifest of `bundle`. With verify: every file listed exists with its recorded sha256, every
-    file the manifest refers to is listed, the bundle holds no unlisted file (other than caches its
-    own tools regenerate) and no link, and a student model is there. So a model copied over another,
+    file the manifest refers to is listed, the bundle holds no unlisted model or data file and no link,
+    and a student model is there (trt_device.verify_bundle has the rules). So a model copied over another,
     a dropped entry or a path out of the bundle is refused, not benched."""
     bundle = Path(bundle)
     path = bundle / "manifest.json"

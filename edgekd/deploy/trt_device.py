@@ -30,9 +30,11 @@ class TrtError(Exception):
     """One-line, user-facing failure of the device-side TensorRT path."""
 
 
-# Written by this script on the device; rebuilt if lost, and used only once the manifest lists them
-# (an engine of a build killed before the manifest was updated is left over, not run).
-REGENERABLE_SUFFIXES = (".calib.cache", "timing.cache", ".engine")
+# Unlisted files of these kinds look like part of the bundle (a model or data someone could take for
+# the real one), so they are refused. Others (a bench.json or plot the user wrote into the bundle)
+# are never read and are left alone; so are engines and caches this script writes before it lists
+# them, which are used only once the manifest lists them.
+PART_OF_A_BUNDLE = (".onnx", ".ort", ".npy", ".npz", ".py", ".trt", ".plan")
 
 
 def _referenced_files(manifest):
@@ -45,8 +47,8 @@ def _referenced_files(manifest):
 
 def verify_bundle(bundle, manifest):
     """Refuse a bundle that is not exactly what export wrote: every listed file present with its
-    sha256, every file the manifest refers to listed, a student model named, no unlisted file (other
-    than caches this script regenerates), no link, no listed name outside the directory. So a model
+    sha256, every file the manifest refers to listed, a student model named, no unlisted model or data
+    file (PART_OF_A_BUNDLE), no link, no listed name outside the directory. So a model
     copied over another, a dropped entry or a path like ../../etc/passwd is refused, not run."""
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
@@ -67,7 +69,7 @@ def verify_bundle(bundle, manifest):
     for name in sorted(os.listdir(bundle)):
         if os.path.islink(os.path.join(bundle, name)):
             raise TrtError("%s: %s is a link; a bundle holds plain files only: copy it again" % (bundle, name))
-        if name != "manifest.json" and name not in files and not name.endswith(REGENERABLE_SUFFIXES):
+        if name not in files and name.endswith(PART_OF_A_BUNDLE):
             raise TrtError("%s: %s is not listed in manifest.json (added or renamed?): remove it, or export "
                            "the bundle again" % (bundle, name))
     for name, info in files.items():
