@@ -227,3 +227,20 @@ def test_bench_table_shows_every_value_whole_in_80_columns(int8_bundle, tmp_path
     for r in rows:
         values = [fmt(c, r.get(c)) for c in TERMINAL_COLUMNS]
         assert any(all(v in line for v in values) for line in lines), (values, result.output)
+
+
+def test_default_int8_ships_only_where_it_is_faster_here(run_dir, tmp_path):
+    """x86-cpu defaults to INT8; with the export machine as the device, an INT8 student slower than FP32
+    here is not shipped. Asked for by name (--precision int8), INT8 is kept whatever it measures."""
+    result = runner.invoke(app, ["export", str(run_dir), "--target", "x86-cpu", "--calib", "64",
+                                 "--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    m = load_manifest(tmp_path / "auto")
+    speed = m["checks"]["int8_speed"]
+    files = {e["file"] for e in m["models"]}
+    if speed["int8_p50_ms"] > speed["fp32_p50_ms"]:
+        assert m["precision"] == "fp32" and "student.int8.onnx" not in files and "slower than FP32" in result.output
+    else:
+        assert m["precision"] == "int8" and "student.int8.onnx" in files
+    named = export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_count=64), tmp_path / "named")
+    assert named.manifest["precision"] == "int8" and "int8_speed" not in named.manifest["checks"]

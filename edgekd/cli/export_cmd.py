@@ -44,9 +44,10 @@ def export_cmd(
     prec = precision or tgt.default_precision
     tgt.check_precision(prec)
     name = source.resolve().name if source.is_dir() else source.stem
-    bundle_dir = out or Path("bundles") / f"{name}-{tgt.name}-{prec}"
+    by_speed = precision is None and prec == "int8"  # INT8 by default only where it is faster (see below)
+    bundle_dir = out or Path("bundles") / (f"{name}-{tgt.name}" if by_speed else f"{name}-{tgt.name}-{prec}")
     cfg = ExportConfig(tgt, prec, calib, calib_data, calibration, eval_data, max_int8_drop, min_int8_agreement,
-                       force, trust_pickle, vnni)
+                       force, trust_pickle, vnni, by_speed)
     with console.status(f"exporting {source} for {tgt.name} ({prec})"):
         result = export_bundle(source, cfg, bundle_dir)
     m = result.manifest
@@ -55,7 +56,7 @@ def export_cmd(
         return
     for w in result.warnings:
         console.print(f"[bold red]{w}[/]" if w.startswith("WARNING") else f"[yellow]• {w}[/]")
-    table = Table(title=f"bundle {bundle_dir} ({tgt.name}, {prec})")
+    table = Table(title=f"bundle {bundle_dir} ({tgt.name}, {m['precision']})")
     for col in ("file", "role", "precision", "size", "parameters", "MACs"):
         table.add_column(col)
     for entry in m["models"]:

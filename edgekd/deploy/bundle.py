@@ -53,6 +53,9 @@ class ExportConfig:
     force: bool = False  # write the bundle even past those thresholds (loud warning)
     trust_pickle: bool = False
     vnni: Optional[str] = None  # x86 targets: "detect", "yes", "no" (default: the target's setting)
+    # The target's default precision was not asked for by name: where this machine is the device, an
+    # INT8 student that measures slower than FP32 here is not shipped (the bundle becomes FP32).
+    precision_by_speed: bool = False
 
 
 @dataclass
@@ -211,6 +214,16 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
             if problem:
                 warnings.append(f"WARNING: {problem} (kept because of --force)")
             models.append(_model_entry("student", "int8", "student.int8.onnx", src.student, spec))
+            if cfg.precision_by_speed and quant.kernels_match_device:
+                speed = _int8_vs_fp32_here(tmp, parity_x[:1], target.threads)
+                checks["int8_speed"] = speed
+                if speed["int8_p50_ms"] > speed["fp32_p50_ms"]:
+                    precision = "fp32"
+                    models = [e for e in models if e["precision"] != "int8"]
+                    (tmp / "student.int8.onnx").unlink()
+                    warnings.append(f"INT8 is slower than FP32 on this CPU (student p50 {speed['int8_p50_ms']:.3f} ms "
+                                    f"vs {speed['fp32_p50_ms']:.3f} ms at batch 1): the bundle ships FP32; "
+                                    "--precision int8 keeps INT8")
         elif target.runtime == "tensorrt" and precision == "fp16":
             for m in models:
                 m["build_precision"] = "fp16"
@@ -243,6 +256,21 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
                              for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json(tmp / "manifest.json", manifest)
     return ExportResult(out, manifest, warnings)
+
+
+def _int8_vs_fp32_here(tmp: Path, x: np.ndarray, threads: int) -> Dict[str, Any]:
+    """Batch-1 latency of the FP32 and INT8 students on this machine, as bench measures it (median of
+    a short run after warm-up; alternated twice so a slow patch of the machine hits both)."""
+    from edgekd.bench.latency import measure
+    from edgekd.deploy.onnx_export import INPUT_NAME, ort_session
+
+    sessions = {p: ort_session(tmp / f, threads) for p, f in (("fp32", "student.onnx"), ("int8", "student.int8.onnx"))}
+    p50: Dict[str, List[float]] = {"fp32": [], "int8": []}
+    for _ in range(2):
+        for name, s in sessions.items():
+            p50[name].append(measure(lambda s=s: s.run(None, {INPUT_NAME: x}), 1, warmup_s=0.2, duration_s=0.5).p50_ms)
+    return {"fp32_p50_ms": float(min(p50["fp32"])), "int8_p50_ms": float(min(p50["int8"])), "batch_size": 1,
+            "cpu": cpu_summary().get("cpu")}
 
 
 def _export_teacher(src: _Source, target: Target, tmp: Path, meta: Dict[str, Any], parity_x: np.ndarray,
