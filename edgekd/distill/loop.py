@@ -181,7 +181,6 @@ class Distiller:
         self.cfg = cfg.validate()
         self.teacher_info = teacher
         self.spec = teacher.spec
-        self.run_dir = Path(run_dir)
         self.rundir = RunDir(run_dir)
         self.run_id: Optional[str] = None
         self.progress = progress or Progress()
@@ -591,7 +590,7 @@ class Distiller:
         except Exception as e:
             raise UsageError(f"--resume: {path} is unreadable ({type(e).__name__}); start a new run") from None
         if state["teacher_sha256"] != self.teacher_info.sha256:
-            raise UsageError(f"--resume: {self.run_dir} was distilled from another teacher file")
+            raise UsageError(f"--resume: {self.rundir} was distilled from another teacher file")
         check_resumable(state["config"], self.cfg)
         self._restore_plans(state.get("plans"))
         self.m.load_state_dict(state["models"])
@@ -622,7 +621,7 @@ class Distiller:
         if log.exists():
             self.history = [r for r in _read_records(log) if r.get("step", math.inf) <= self.step]
             log.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        self.progress.message(f"resumed {self.run_dir} at step {self.step} ({self.elapsed:.0f}s done)")
+        self.progress.message(f"resumed {self.rundir} at step {self.step} ({self.elapsed:.0f}s done)")
 
     def _restore_plans(self, saved: Optional[Dict[str, Any]]) -> None:
         """A resumed run goes on with the plans it started with, whatever a probe would say today."""
@@ -745,7 +744,7 @@ class Distiller:
                    "teacher": {"file": str(self.teacher_info.path), "sha256": self.teacher_info.sha256,
                                "format": self.teacher_info.format, "spec": self.spec.to_dict()}}
         write_json(self.rundir / RunDir.SUMMARY, summary)
-        return DistillResult(self.run_dir, student_path, self.step, self.elapsed, interrupted, latest,
+        return DistillResult(self.rundir.path, student_path, self.step, self.elapsed, interrupted, latest,
                              self.teacher_accuracy, list(self.events), self.plan_reason)
 
     def _warn_if_chance(self, metrics: Dict[str, float]) -> None:

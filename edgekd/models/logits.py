@@ -33,7 +33,8 @@ class _Bound(nn.Module):
 
 
 class _Item(nn.Module):
-    """forward(x)[index] of a tuple- or list-returning model."""
+    """forward(x)[index] of a tuple- or list-returning model. Apart from _Key only because TorchScript
+    types the index: a constant int for a tuple, a str for a dict."""
 
     __constants__ = ["index"]
 
