@@ -13,6 +13,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from edgekd.errors import UsageError
 
+# How an image of another size becomes the model's input (bench, calibration on real data, the
+# distill-time evaluation, the bundle README): stretch (bilinear to the size), pad (centred on a
+# canvas of pad_value, scaled down first if larger: small-image teachers trained on 28 -> 32 padding),
+# crop (shorter side to size / crop, then the centre: ImageNet's 256 -> 224 at crop 0.875).
+RESIZE_MODES = ("stretch", "pad", "crop")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -32,6 +37,9 @@ class ModelSpec:
     std: Tuple[float, ...] = IMAGENET_STD
     labels: Optional[Tuple[str, ...]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    resize: str = "auto"  # auto: crop for inputs of 128 px and more (ImageNet-style), stretch below
+    crop: float = 0.875
+    pad_value: float = 0.0  # in [0, 1] pixel units, before normalisation
 
     def __post_init__(self) -> None:
         c = self.in_channels
@@ -56,6 +64,29 @@ class ModelSpec:
                 f"{len(self.labels)} labels given for {self.num_classes} classes: give one label per class"
             )
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        if self.resize not in ("auto", *RESIZE_MODES):
+            raise UsageError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
+        if not 0 < self.crop <= 1 or not 0 <= self.pad_value <= 1:
+            raise UsageError("crop must be in (0, 1] (e.g. crop:0.875) and the pad value in [0, 1] (e.g. pad:0)")
+
+    @property
+    def resize_mode(self) -> str:
+        """The resize in force: `auto` follows the input size, so a spec whose size is set later
+        (--input-size) still gets the right default."""
+        if self.resize != "auto":
+            return self.resize
+        return "crop" if min(self.input_size) >= 128 else "stretch"
+
+    def preprocessing(self) -> Dict[str, Any]:
+        """The input contract in words a device-side user can follow without edgekd."""
+        out: Dict[str, Any] = {"layout": "NCHW", "dtype": "float32", "scale": 1 / 255, "resize": self.resize_mode,
+                               "interpolation": "bilinear", "input_size": list(self.input_size),
+                               "channels": self.in_channels, "mean": list(self.mean), "std": list(self.std)}
+        if self.resize_mode == "crop":
+            out["crop"] = self.crop
+        if self.resize_mode == "pad":
+            out["pad_value"] = self.pad_value
+        return out
 
     @property
     def input_shape(self) -> Tuple[int, int, int]:
@@ -102,6 +133,20 @@ def parse_input_size(text: str) -> Tuple[int, int]:
     if len(vals) != 2 or min(vals) < 8:
         raise UsageError(f"input size {text!r} must be one or two numbers of at least 8, e.g. 224 or 224x160")
     return vals  # type: ignore[return-value]
+
+
+def parse_resize(text: str) -> Dict[str, Any]:
+    """'stretch', 'pad', 'pad:0.5' (fill), 'crop', 'crop:0.875' (ratio) -> ModelSpec fields."""
+    mode, _, value = text.strip().lower().partition(":")
+    if mode not in RESIZE_MODES or (value and mode == "stretch"):
+        raise UsageError(f"--resize {text!r}: use stretch, pad[:FILL] or crop[:RATIO], e.g. crop:0.875")
+    out: Dict[str, Any] = {"resize": mode}
+    if value:
+        try:
+            out["pad_value" if mode == "pad" else "crop"] = float(value)
+        except ValueError:
+            raise UsageError(f"--resize {text!r}: {value!r} is not a number") from None
+    return out
 
 
 def parse_floats(text: Optional[str]) -> Optional[Tuple[float, ...]]:

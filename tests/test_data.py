@@ -84,3 +84,45 @@ def test_dataset_class_mismatch(fmnist):
 def test_missing_dataset_path():
     with pytest.raises(DataError, match="no such file"):
         load_dataset("/nonexistent/data")
+
+
+def _reference(images, size, mode, crop=0.875, fill=0.0):
+    """The same preprocessing written with torchvision's transforms (an independent implementation)."""
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    x = torch.from_numpy(np.array(images)).float().div(255).permute(0, 3, 1, 2)
+    if mode == "pad":
+        h, w = x.shape[-2:]
+        top, left = (size - h) // 2, (size - w) // 2
+        x = TF.pad(x, [left, top, size - w - left, size - h - top], fill=fill)
+    else:
+        x = TF.resize(x, int(size / crop), antialias=False)
+        x = TF.center_crop(x, [size, size])
+    return ((x - 0.5) / 0.5).numpy()
+
+
+@pytest.mark.parametrize("mode, extra", [("pad", {"pad_value": 0.0}), ("pad", {"pad_value": 0.25}),
+                                         ("crop", {"crop": 0.875}), ("crop", {"crop": 0.75})])
+def test_preprocessing_contract_matches_torchvision(fmnist, mode, extra):
+    from edgekd.spec import ModelSpec
+
+    spec = ModelSpec("lenet5", 10, 1, (32, 32), (0.5,), (0.5,), resize=mode, **extra)
+    images = fmnist.take(16).images
+    ref = _reference(images, 32, mode, extra.get("crop", 0.875), extra.get("pad_value", 0.0))
+    np.testing.assert_allclose(prepare_images(images, spec), ref, atol=1e-5)
+    assert spec.preprocessing()["resize"] == mode
+
+
+def test_resize_default_follows_the_input_size_and_bad_values_are_one_line():
+    from edgekd.errors import UsageError
+    from edgekd.spec import ModelSpec, parse_resize
+
+    small = ModelSpec("lenet5", 10, 1, (32, 32), (0.5,), (0.5,))
+    assert small.resize_mode == "stretch" and small.with_(input_size=(224, 224)).resize_mode == "crop"
+    assert parse_resize("crop:0.9") == {"resize": "crop", "crop": 0.9} and parse_resize("pad") == {"resize": "pad"}
+    for bad in ("zoom", "crop:x", "stretch:1"):
+        with pytest.raises(UsageError, match="--resize"):
+            parse_resize(bad)
+    with pytest.raises(UsageError, match="crop must be"):
+        ModelSpec("lenet5", 10, 1, (32, 32), (0.5,), (0.5,), resize="crop", crop=1.5)

@@ -244,3 +244,31 @@ def test_default_int8_ships_only_where_it_is_faster_here(run_dir, tmp_path):
         assert m["precision"] == "int8" and "student.int8.onnx" in files
     named = export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_count=64), tmp_path / "named")
     assert named.manifest["precision"] == "int8" and "int8_speed" not in named.manifest["checks"]
+
+
+@pytest.mark.parametrize("resize", ["pad", "crop:0.875"])
+def test_bench_measures_the_teacher_under_its_own_preprocessing(demo_teacher_path, fmnist, tmp_path, resize):
+    """The spec's resize travels distill -> checkpoint -> manifest -> bench: the teacher's accuracy in the
+    bench equals its accuracy on images prepared by an independent (torchvision) implementation."""
+    import torch
+    from test_data import _reference
+
+    from edgekd.distill.config import resolve_config
+    from edgekd.distill.loop import distill
+    from edgekd.models.checkpoint import load_model
+    from edgekd.spec import parse_resize
+
+    teacher = load_model(demo_teacher_path, spec_overrides=parse_resize(resize))
+    cfg = resolve_config("adversarial", overrides=dict(iterations=1, batch_size=16, calib_images=8, eval_every_s=1e9))
+    distill(teacher, cfg, tmp_path / "run")
+    result = export_bundle(tmp_path / "run", ExportConfig(get_target("x86-cpu"), "fp32", calib_count=16), tmp_path / "b")
+    assert result.manifest["preprocessing"]["resize"] == resize.split(":")[0]
+    assert ("centred on a 32x32 canvas" if resize == "pad" else "then the centre 32x32 cropped") in \
+        (tmp_path / "b" / "README.md").read_text()
+    res = bench_bundles([tmp_path / "b"], BenchConfig(data="fashion-mnist", max_images=500, **FAST_BENCH))
+    bench_top1 = next(r for r in res.rows if r["model"] == "teacher fp32" and r["batch_size"] == 1)["top1"]
+    sub = fmnist.take(500)
+    x = torch.from_numpy(_reference(sub.images, 32, resize.split(":")[0]))
+    with torch.no_grad():
+        own = float((teacher.model.float()(x).argmax(1).numpy() == sub.labels).mean())
+    assert abs(bench_top1 - own) < 1e-9, (bench_top1, own)

@@ -10,7 +10,17 @@ import typer
 from rich.table import Table
 
 from edgekd.cli.app import app, console
-from edgekd.cli.options import INPUT_SIZE, LABELS, MEAN, NUM_CLASSES, STD, TEACHER_ARCH, TRUST_PICKLE, spec_overrides
+from edgekd.cli.options import (
+    INPUT_SIZE,
+    LABELS,
+    MEAN,
+    NUM_CLASSES,
+    RESIZE,
+    STD,
+    TEACHER_ARCH,
+    TRUST_PICKLE,
+    spec_overrides,
+)
 from edgekd.errors import Interrupted, UsageError
 
 DEMO = "demo"
@@ -54,6 +64,7 @@ def distill_cmd(
     std: Optional[str] = STD,
     num_classes: Optional[int] = NUM_CLASSES,
     labels: Optional[str] = LABELS,
+    resize: Optional[str] = RESIZE,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Distil TEACHER into a compact student with no training data (GAN-based data-free KD)."""
@@ -71,7 +82,7 @@ def distill_cmd(
     if out is not None:
         RunDir(out).check_writable(resume)  # before loading anything: a wrong --out fails in a second
     saved = run_settings(out) if resume else {}
-    loaded = load_model(teacher_path, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, num_classes, labels))
+    loaded = load_model(teacher_path, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, num_classes, labels, resize))
     if student is None and not saved:
         student = "lenet5-half" if max(loaded.spec.input_size) <= 64 else "mobilenet_v2"
     # On --resume only what the user typed overrides the run's own settings.

@@ -10,7 +10,17 @@ import typer
 from rich.table import Table
 
 from edgekd.cli.app import app, console
-from edgekd.cli.options import INPUT_SIZE, LABELS, MEAN, NUM_CLASSES, STD, TEACHER_ARCH, TRUST_PICKLE, spec_overrides
+from edgekd.cli.options import (
+    INPUT_SIZE,
+    LABELS,
+    MEAN,
+    NUM_CLASSES,
+    RESIZE,
+    STD,
+    TEACHER_ARCH,
+    TRUST_PICKLE,
+    spec_overrides,
+)
 
 
 @app.command("models")
@@ -58,13 +68,14 @@ def inspect_cmd(
     std: Optional[str] = STD,
     num_classes: Optional[int] = NUM_CLASSES,
     labels: Optional[str] = LABELS,
+    resize: Optional[str] = RESIZE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Say what a checkpoint is: format, architecture, classes, input shape, parameters, MACs."""
     from edgekd.models.checkpoint import load_model
     from edgekd.models.info import count_macs, count_parameters
 
-    loaded = load_model(file, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, num_classes, labels))
+    loaded = load_model(file, teacher_arch, trust_pickle, spec_overrides(input_size, mean, std, num_classes, labels, resize))
     spec = loaded.spec
     info = {
         "file": str(file), "format": loaded.format, "sha256": loaded.sha256, "arch": spec.arch,

@@ -230,11 +230,42 @@ def _match_channels(x: np.ndarray, channels: int) -> np.ndarray:
     raise DataError(f"cannot map {have}-channel images to a {channels}-channel model")
 
 
+def _stretch(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    return resize_bilinear(x, spec.input_size)
+
+
+def _pad(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Centred on a canvas of pad_value (scaled down first, aspect kept, if it does not fit)."""
+    (h, w), (oh, ow) = x.shape[1:3], spec.input_size
+    if h > oh or w > ow:
+        scale = min(oh / h, ow / w)
+        h, w = max(1, round(h * scale)), max(1, round(w * scale))
+        x = resize_bilinear(x, (h, w))
+    out = np.full((len(x), oh, ow, x.shape[3]), spec.pad_value, np.float32)
+    top, left = (oh - h) // 2, (ow - w) // 2
+    out[:, top:top + h, left:left + w] = x
+    return out
+
+
+def _crop(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Shorter side to size / crop (torchvision's Resize(int)), then the centre (its CenterCrop)."""
+    (h, w), (oh, ow) = x.shape[1:3], spec.input_size
+    short = int(min(oh, ow) / spec.crop)
+    nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    nh, nw = max(nh, oh), max(nw, ow)
+    x = resize_bilinear(x, (nh, nw))
+    top, left = int(round((nh - oh) / 2.0)), int(round((nw - ow) / 2.0))
+    return x[:, top:top + oh, left:left + ow]
+
+
+RESIZERS = {"stretch": _stretch, "pad": _pad, "crop": _crop}
+
+
 def prepare_images(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """uint8 NHWC -> float32 NCHW at the spec's size and channels, normalised with its mean/std."""
     x = images.astype(np.float32) / 255.0
     x = _match_channels(x, spec.in_channels)
-    x = resize_bilinear(x, spec.input_size)
+    x = RESIZERS[spec.resize_mode](x, spec)
     mean = np.asarray(spec.mean, np.float32)
     std = np.asarray(spec.std, np.float32)
     x = (x - mean) / std

@@ -238,9 +238,7 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "target": target.to_dict(), "precision": precision, "runtime": target.runtime,
             "spec": spec.to_dict(), "labels": list(spec.labels) if spec.labels else None,
-            "preprocessing": {"layout": "NCHW", "dtype": "float32", "scale": 1 / 255, "resize": "bilinear",
-                              "input_size": list(spec.input_size), "channels": spec.in_channels,
-                              "mean": list(spec.mean), "std": list(spec.std)},
+            "preprocessing": spec.preprocessing(),
             "models": models,
             "calibration": {"file": "calib.npy", "count": int(len(calib_saved)), "source": calib_source,
                             "method": cfg.calibration},
@@ -317,11 +315,22 @@ def _model_entry(role: str, precision: str, file: str, loaded: LoadedModel, spec
             "parameters": count_parameters(model), "macs": count_macs(model, spec.input_shape)}
 
 
+def _preprocessing_words(p: Dict[str, Any]) -> str:
+    size = "x".join(map(str, p["input_size"]))
+    how = {"stretch": f"resized (bilinear) to {size}",
+           "pad": f"centred on a {size} canvas of value {p.get('pad_value')} (scaled down first if larger)",
+           "crop": f"shorter side resized (bilinear) to {size.split('x')[0]} / {p.get('crop')}, then the centre "
+                   f"{size} cropped"}[p["resize"]]
+    return (f"Each image, {p['channels']} channel(s), pixel values / 255, {how}, then (x - mean) / std with "
+            f"mean {p['mean']} and std {p['std']}; float32 NCHW. `edgekd bench --data` does exactly this.")
+
+
 def _device_readme(manifest: Dict[str, Any], name: str) -> str:
     t = manifest["target"]
     lines = [f"# edgekd bundle for {t['name']} ({manifest['precision']})", "",
              f"{t['description']}.", "", "Models: " + ", ".join(f"{m['role']} {m['precision']} ({m['file']})"
                                                          for m in manifest["models"]), "",
+             "## Input", "", _preprocessing_words(manifest["preprocessing"]), "",
              "## On the device", "", "```"]
     if t["runtime"] == "onnxruntime":
         lines += ["python3 -m venv ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd   # the device install: no PyTorch",
