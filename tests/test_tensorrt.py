@@ -181,3 +181,37 @@ def test_device_script_is_python36_syntax():
     imported = {n.names[0].name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"json", "os", "sys", "tempfile", "time", "numpy", "tensorrt", "pycuda", "hashlib"}
+
+
+def test_device_script_scores_engines_as_edgekd_bench_does(run_dir, tmp_path, fmnist):
+    """The Nano's standalone bench reports agreement (bundle's synthetic set) and top1 (a labelled .npz)
+    in edgekd bench's fields. The engine is the one thing not here: ONNX Runtime on the same student
+    stands in for it, so the figures must equal edgekd bench's."""
+    import numpy as np
+
+    from edgekd.bench.core import BenchConfig, bench_bundles
+    from edgekd.data.datasets import prepare_images
+    from edgekd.deploy.bundle import ExportConfig, export_bundle
+    from edgekd.deploy.onnx_export import INPUT_NAME, ort_session
+    from edgekd.deploy.targets import get_target
+    from edgekd.spec import ModelSpec
+
+    bundle = tmp_path / "b"
+    export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "fp32", calib_count=16), bundle)
+    manifest = T.read_verified_manifest(str(bundle))
+    sub = fmnist.take(300)
+    np.savez(tmp_path / "raw.npz", x=sub.images, y=sub.labels)  # 28x28: edgekd bench resizes them
+    prepared = prepare_images(sub.images, ModelSpec.from_dict(manifest["spec"]))
+    np.savez(tmp_path / "prepared.npz", x=prepared, y=sub.labels)
+    session = ort_session(bundle / "student.onnx")
+    engine = lambda x: session.run(None, {INPUT_NAME: x})[0]  # noqa: E731  (stands in for TensorRT)
+
+    got = T.score(engine, 8, T.evaluation_sets(str(bundle), manifest, str(tmp_path / "prepared.npz")))
+    cfg = dict(batch_sizes=(1,), warmup_s=0.0, duration_s=None, iterations=2, verify_timing=False)
+    synthetic = bench_bundles([bundle], BenchConfig(**cfg))
+    real = bench_bundles([bundle], BenchConfig(data=str(tmp_path / "raw.npz"), **cfg))
+    student = lambda res: next(r for r in res.rows if r["model"] == "student fp32")  # noqa: E731
+    assert got["agreement"] == student(synthetic)["agreement"]
+    assert abs(got["top1"] - student(real)["top1"]) < 1e-9
+    with pytest.raises(T.TrtError, match="resize them first"):
+        T.evaluation_sets(str(bundle), manifest, str(tmp_path / "raw.npz"))

@@ -344,7 +344,7 @@ def _device_readme(manifest: Dict[str, Any], name: str) -> str:
         lines += ["# TensorRT's Python bindings come with JetPack: sudo apt-get install python3-libnvinfer python3-pip",
                   "# and pip3 install pycuda. Jetson Nano (Python 3.6): the bundle's standalone script needs nothing else:",
                   f"python3 {name}/{TRT_SCRIPT} build {name}",
-                  f"python3 {name}/{TRT_SCRIPT} bench {name}",
+                  f"python3 {name}/{TRT_SCRIPT} bench {name}   # + --data labelled.npz for top1",
                   "# Orin (Python 3.8/3.10): edgekd itself, in a venv that sees the system TensorRT:",
                   "python3 -m venv --system-site-packages ~/edgekd-venv && ~/edgekd-venv/bin/pip install \"edgekd[jetson]\"",
                   f"~/edgekd-venv/bin/edgekd build {name} && ~/edgekd-venv/bin/edgekd bench {name} --runtime tensorrt",

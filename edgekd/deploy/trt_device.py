@@ -5,7 +5,7 @@ written for Python 3.6 (Jetson Nano, JetPack 4.6, TensorRT 8.2), so `edgekd expo
 every TensorRT bundle as edgekd_trt.py and a Nano runs it without edgekd installed:
 
     python3 edgekd_trt.py build  BUNDLE_DIR      # engines next to the ONNX files, manifest updated
-    python3 edgekd_trt.py bench  BUNDLE_DIR      # latency of every engine (JSON on stdout)
+    python3 edgekd_trt.py bench  BUNDLE_DIR [--data labelled.npz]   # latency, agreement, top1 (JSON)
 
 Version gates (TensorRT 8.2, 8.5/8.6, 10.x):
 - build_serialized_network (8.0+; build_engine is gone in 10)
@@ -419,14 +419,69 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def bench_bundle(bundle, batch_sizes=(1,), warmup_s=2.0, duration_s=10.0):
-    """Latency of every engine in the bundle (for the Nano, where edgekd itself is not installed)."""
+def evaluation_sets(bundle, manifest, data=None):
+    """What the engines are scored on: the bundle's held-out synthetic images with the teacher's
+    predictions (agreement), and, given, a labelled .npz (top1) with 'y' and 'x' either float32 NCHW
+    already prepared at the model's input or uint8 images (NHWC or NCHW) at the input size, which are
+    scaled and normalised here with the manifest's mean/std. Resizing needs edgekd (edgekd bench)."""
+    sets = {}
+    name = manifest.get("synthetic_eval")
+    if name:
+        with np.load(os.path.join(bundle, name)) as z:
+            sets["synthetic"] = (z["x"].astype(np.float32), np.asarray(z["teacher_pred"]))
+    if data:
+        try:
+            with np.load(data) as z:
+                x, y = z["x"], np.asarray(z["y"]).astype(np.int64)
+        except (OSError, KeyError, ValueError) as e:
+            raise TrtError("%s: need a .npz with arrays 'x' and 'y' (%s)" % (data, e)) from None
+        sets["data"] = (_prepared(x, manifest), y)
+    return sets
+
+
+def _prepared(x, manifest):
+    spec = manifest["spec"]
+    shape = (spec["in_channels"],) + tuple(spec["input_size"])
+    if x.dtype == np.uint8:
+        if x.ndim == 4 and x.shape[-1] == shape[0] and x.shape[1:3] == shape[1:]:
+            x = x.transpose(0, 3, 1, 2)
+        if x.shape[1:] != shape:
+            raise TrtError("images of shape %s, the model takes %s: resize them first, or bench with edgekd "
+                           "(pip install edgekd), which applies the bundle's preprocessing" % (x.shape[1:], shape))
+        mean = np.asarray(spec["mean"], np.float32)[:, None, None]
+        std = np.asarray(spec["std"], np.float32)[:, None, None]
+        return ((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+    if x.shape[1:] != shape:
+        raise TrtError("float images of shape %s, the model takes %s (NCHW, normalised)" % (x.shape[1:], shape))
+    return x.astype(np.float32)
+
+
+def score(run, max_batch, sets):
+    """top1 / agreement of one engine (run: a batch -> logits), in edgekd bench's JSON fields."""
+    def predict(x):
+        return np.concatenate([np.asarray(run(x[i:i + max_batch])).argmax(1) for i in range(0, len(x), max_batch)])
+
+    out = {}
+    if "synthetic" in sets:
+        x, teacher_pred = sets["synthetic"]
+        out["agreement"] = float((predict(x) == teacher_pred).mean())
+    if "data" in sets:
+        x, y = sets["data"]
+        out["top1"] = float((predict(x) == y).mean())
+    return out
+
+
+def bench_bundle(bundle, batch_sizes=(1,), warmup_s=2.0, duration_s=10.0, data=None):
+    """Latency of every engine in the bundle, with agreement with the teacher on the bundle's held-out
+    synthetic images and top1 on a labelled .npz when given (for the Nano, where edgekd is not installed)."""
     manifest = read_verified_manifest(bundle)
     trt = import_tensorrt()
+    sets = evaluation_sets(bundle, manifest, data)
     rows = []
     for e in manifest.get("engines", []):
         check_engine_matches(e, trt.__version__, gpu_name())
         runner = TrtEngineRunner(os.path.join(bundle, e["file"]), e["max_batch"])
+        quality = score(runner, e["max_batch"], sets)
         for bs in batch_sizes:
             x = np.random.RandomState(0).standard_normal((bs,) + runner.in_shape).astype(np.float32)
             end = time.time() + warmup_s
@@ -439,7 +494,9 @@ def bench_bundle(bundle, batch_sizes=(1,), warmup_s=2.0, duration_s=10.0):
                 runner(x)
                 samples.append((time.perf_counter() - t0) * 1e3)
             ms = np.asarray(samples)
-            rows.append({"engine": e["file"], "role": e["role"], "precision": e["precision"], "batch_size": bs,
+            rows.append({"model": "%s %s" % (e["role"], e["precision"]), "runtime": "tensorrt", "engine": e["file"],
+                         "role": e["role"], "precision": e["precision"], "batch_size": bs, "top1": quality.get("top1"),
+                         "agreement": quality.get("agreement"),
                          "mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
                          "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
                          "throughput_ips": bs * 1000.0 / float(ms.mean())})
@@ -449,13 +506,14 @@ def bench_bundle(bundle, batch_sizes=(1,), warmup_s=2.0, duration_s=10.0):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 2 or argv[0] not in ("build", "bench"):
-        sys.stderr.write("usage: edgekd_trt.py build|bench BUNDLE_DIR\n")
+        sys.stderr.write("usage: edgekd_trt.py build BUNDLE_DIR [--verbose] | bench BUNDLE_DIR [--data LABELLED.npz]\n")
         return 2
+    data = argv[argv.index("--data") + 1] if "--data" in argv[:-1] else None
     try:
         if argv[0] == "build":
             build_bundle(argv[1], verbose="--verbose" in argv)
         else:
-            print(json.dumps(bench_bundle(argv[1]), indent=2))
+            print(json.dumps(bench_bundle(argv[1], data=data), indent=2))
     except TrtError as e:
         sys.stderr.write("error: %s\n" % e)
         return 6
