@@ -517,7 +517,7 @@ class Distiller:
         if len(self.pool_x):
             result["agreement_pool"] = self._pool_agreement(model)
         if scoring_run:
-            if self.cfg.keep_best and len(self.pool_x) >= _MIN_POOL:
+            if self.cfg.keep_best and len(self.pool_x) >= min(_MIN_POOL, self._pool_cap()):
                 self._consider_best(result["agreement_pool"])
             self._grow_pool(x, t_pred)
         if self.best_step is not None:
@@ -538,12 +538,16 @@ class Distiller:
         self.best_model.load_state_dict(self.m.final_student.state_dict())
         self.best_step = self.step
 
+    def _pool_cap(self) -> int:
+        """2048 images at 32 px; fewer for large inputs (111 at 3x224x224), so the pool stays <= 64 MB."""
+        per_image = 4 * math.prod(self.spec.input_shape)
+        return max(64, min(2048, _POOL_BYTES // per_image))
+
     def _grow_pool(self, x: torch.Tensor, t_pred: torch.Tensor) -> None:
         """A fixed share of each evaluation's held-out images joins a pool that the later students are
         scored on: images of frozen earlier generators, so a student that forgets them scores lower
         even when it matches today's generator. Thinned at random when full, so it spans the run."""
-        per_image = 4 * x[0].numel()
-        cap = max(64, min(2048, _POOL_BYTES // per_image))
+        cap = self._pool_cap()
         take = max(8, cap // 16)
         self.pool_x = torch.cat([self.pool_x, x[:take].float()])
         self.pool_t = torch.cat([self.pool_t, t_pred[:take]])
