@@ -201,6 +201,7 @@ def junk(tmp_path_factory):
     import numpy as np
 
     np.savez(d / "empty.npz")
+    torch.jit.script(_OddLeNet().eval()).save(str(d / "lenet32.pt"))  # runs at 32 px only
     return d
 
 
@@ -218,6 +219,7 @@ CASES = {
     "export --calib 0": (["export", "{run}", "--target", "x86-cpu", "--calib", "0"], 2),
     "bench empty npz": (["bench", "{bundle}", "--data", "{j}/empty.npz"], 5),
     "bench corrupt image": (["bench", "{bundle}", "--data", "{j}/imgs"], 5),
+    "TorchScript teacher that cannot take 224": (["distill", "{j}/lenet32.pt", "-n", "1"], 4),
     "bench --max-images 0": (["bench", "{bundle}", "--data", "fashion-mnist", "--max-images", "0"], 2),
 }
 

@@ -268,8 +268,10 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
         try:
             model, picked = as_classifier(obj, torch.zeros(1, channels, *size))
         except RuntimeError as e:
+            # TorchScript's message starts with "The following operation failed..." and ends with the cause.
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
             raise ModelError(f"{path} does not run on a {channels}x{size[0]}x{size[1]} input "
-                             f"({str(e).splitlines()[0][:80]}): give its --input-size") from None
+                             f"({lines[-1][:100]}): give its --input-size") from None
         notes.extend(picked)
         classes = _probe_classes(model, channels, size)
         spec = ModelSpec(arch or type(model).__name__, classes, channels, size,
