@@ -26,6 +26,8 @@ fi
 # tests run ONNX Runtime's INT8 kernels as a CPU without VNNI would (x86 only).
 apt_missing=()
 [ -d /usr/share/datasets/fashion-mnist ] || apt_missing+=(dataset-fashion-mnist)
+# OpenSSH's server: the tests bench over ssh against an sshd they start on 127.0.0.1 (bench --remote).
+[ -x /usr/sbin/sshd ] || apt_missing+=(openssh-server)
 [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64 >/dev/null && apt_missing+=(qemu-user)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

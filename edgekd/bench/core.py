@@ -135,7 +135,6 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
         if value is not None and not 0 <= value < float("inf"):
             raise UsageError(f"{name} must be a finite number of seconds >= 0")
     rows: List[Dict[str, Any]] = []
-    verdicts: List[Dict[str, Any]] = []
     checks: List[Dict[str, Any]] = []
     runtimes: Dict[str, Any] = {}
     evaluation: Dict[str, Any] = {}
@@ -181,12 +180,11 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
             if cfg.verify_timing and hasattr(runner, "profiled_mean_ms"):
                 checks.append(_timing_check(runner, ev["x"], label, bundle.name, cfg))
         rows += bundle_rows
-        verdicts += _verdicts(bundle.name, bundle_rows, cfg.batch_sizes)
     env = environment(cfg.threads)
     env["runtimes"] = runtimes
     env["peak_rss_mb"] = _peak_rss_mb()
     env["torch_imported"] = "torch" in sys.modules
-    return BenchResult(rows, verdicts, env, evaluation, checks, warnings)
+    return BenchResult(rows, verdicts_for(rows), env, evaluation, checks, warnings)
 
 
 def _timing_check(runner: Any, x: np.ndarray, label: str, bundle: str, cfg: BenchConfig) -> Dict[str, Any]:
@@ -206,18 +204,18 @@ def _timing_check(runner: Any, x: np.ndarray, label: str, bundle: str, cfg: Benc
             "profiler_difference": (ours - theirs) / theirs}
 
 
-def _verdicts(bundle: str, rows: List[Dict[str, Any]], batch_sizes: Sequence[int]) -> List[Dict[str, Any]]:
+def verdicts_for(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Speed-up, accuracy change and size ratio of every non-teacher row against its bundle's teacher
+    at the same batch size."""
     out = []
-    for bs in batch_sizes:
-        teacher = next((r for r in rows if r["role"] == "teacher" and r["batch_size"] == bs), None)
-        if teacher is None:
+    for r in rows:
+        teacher = next((t for t in rows if t["role"] == "teacher" and t["bundle"] == r["bundle"]
+                        and t["batch_size"] == r["batch_size"]), None)
+        if teacher is None or r is teacher:
             continue
-        for r in rows:
-            if r["role"] == "teacher" or r["batch_size"] != bs:
-                continue
-            metric = "top1" if r["top1"] is not None else "agreement"
-            change = (r[metric] - teacher[metric]) if (metric == "top1") else (r["agreement"] - 1.0)
-            out.append({"bundle": bundle, "model": r["model"], "batch_size": bs,
-                        "speedup_p50": teacher["p50_ms"] / r["p50_ms"], "metric": metric,
-                        "accuracy_change": change, "size_ratio": teacher["size_mb"] / r["size_mb"]})
+        metric = "top1" if r["top1"] is not None else "agreement"
+        change = (r[metric] - teacher[metric]) if (metric == "top1") else (r["agreement"] - 1.0)
+        out.append({"bundle": r["bundle"], "model": r["model"], "batch_size": r["batch_size"],
+                    "speedup_p50": teacher["p50_ms"] / r["p50_ms"], "metric": metric,
+                    "accuracy_change": change, "size_ratio": teacher["size_mb"] / r["size_mb"]})
     return out

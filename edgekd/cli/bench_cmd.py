@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich import box
@@ -39,16 +39,41 @@ def bench_cmd(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of accuracy against latency."),
     no_timing_check: bool = typer.Option(False, "--no-timing-check", help="Skip the cross-check against onnxruntime's profiler."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="Bench on a device over ssh: user@host[:dir] (dir default edgekd-bench, edgekd's own there)."),
+    ssh_options: Optional[List[str]] = typer.Option(None, "--ssh-option", help="ssh_config Key=Value for --remote, repeatable (Port=2222, IdentityFile=~/.ssh/jetson)."),
+    remote_edgekd: Optional[str] = typer.Option(None, "--remote-edgekd", help="The edgekd command on the device when not on ssh's PATH (e.g. ~/venv/bin/edgekd)."),
 ) -> None:
     """Benchmark student against teacher: accuracy, agreement and latency, on this device."""
     from edgekd.bench.core import BenchConfig, bench_bundles
-    from edgekd.bench.report import TERMINAL_COLUMNS, TERMINAL_HEADERS, fmt, plot, to_markdown
+    from edgekd.bench.remote import Remote, bench_remote
+    from edgekd.bench.report import plot, to_markdown
     from edgekd.cli.rich_progress import RichProgress
 
     cfg = BenchConfig(data, runtime, _parse_sizes(batch_sizes), warmup, None if iterations else duration,
                       iterations, threads, max_images, not no_timing_check)
-    result = bench_bundles(bundles or [Path(".")], cfg, RichProgress(console))
-    console.print(f"[bold]edgekd bench[/]: accuracy on {result.evaluation['source']}")
+    if remote:
+        target = Remote.parse(remote, ssh_options or ())
+        result = bench_remote(bundles or [Path(".")], cfg, target, remote_edgekd, RichProgress(console))
+    elif ssh_options or remote_edgekd:
+        raise UsageError("--ssh-option and --remote-edgekd go with --remote user@host")
+    else:
+        result = bench_bundles(bundles or [Path(".")], cfg, RichProgress(console))
+    print_result(result)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(to_markdown(result))
+    if plot_out:
+        plot(result, plot_out)
+
+
+def print_result(result: Any) -> None:
+    from edgekd.bench.report import TERMINAL_COLUMNS, TERMINAL_HEADERS, fmt
+
+    where = result.environment.get("remote", {}).get("destination")
+    console.print(f"[bold]edgekd bench[/]{' on ' + where if where else ''}: accuracy on {result.evaluation['source']}")
     for bundle in dict.fromkeys(r["bundle"] for r in result.rows):
         # No vertical rules and one space of padding: every value stays whole in 80 columns; a value
         # that still does not fit wraps (fold) instead of being cut to an ellipsis.
@@ -70,11 +95,3 @@ def bench_cmd(
         console.print(f"timing check {c['model']} (batch 1): edgekd {c['edgekd_mean_ms']:.4f} ms, loop-timed "
                       f"{c['loop_mean_ms']:.4f} ms ({c['loop_difference']:+.1%}), onnxruntime profiler "
                       f"{c['onnxruntime_profiler_mean_ms']:.4f} ms ({c['profiler_difference']:+.1%})")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    if markdown:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(to_markdown(result))
-    if plot_out:
-        plot(result, plot_out)

@@ -499,7 +499,8 @@ def bench_bundle(bundle, batch_sizes=(1,), warmup_s=2.0, duration_s=10.0, data=N
                          "agreement": quality.get("agreement"),
                          "mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
                          "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
-                         "throughput_ips": bs * 1000.0 / float(ms.mean())})
+                         "throughput_ips": bs * 1000.0 / float(ms.mean()),
+                         "size_mb": os.path.getsize(os.path.join(bundle, e["file"])) / 1e6})
     return rows
 
 
