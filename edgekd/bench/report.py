@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -77,19 +78,66 @@ def plot(result: BenchResult, path: Path, batch_size: Optional[int] = None) -> P
     rows: List[Dict[str, Any]] = [r for r in result.rows if r["batch_size"] == bs]
     metric = "top1" if any(r["top1"] is not None for r in rows) else "agreement"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        if r[metric] is None:
-            continue
-        ax.scatter(r["p50_ms"], r[metric] * 100, s=40 + 200 * r["size_mb"] / max(x["size_mb"] for x in rows))
-        ax.annotate(f"{r['bundle']}\n{r['model']}" if len(result.verdicts) > 2 else r["model"],
-                    (r["p50_ms"], r[metric] * 100), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    points = [r for r in rows if r[metric] is not None]
+    biggest = max((x["size_mb"] for x in points), default=1.0) or 1.0
+    for r in points:
+        ax.scatter(r["p50_ms"], r[metric] * 100, s=40 + 200 * r["size_mb"] / biggest)
     ax.set_xlabel(f"p50 latency at batch {bs} (ms)")
     ax.set_ylabel(("top-1 accuracy" if metric == "top1" else "agreement with teacher") + " (%)")
-    ax.set_title(f"accuracy vs latency ({result.evaluation.get('source', '')[:50]})", fontsize=8)
+    ax.set_title(textwrap.fill(f"accuracy vs latency ({result.evaluation.get('source', '')})", 90), fontsize=8)
+    ax.margins(0.25)  # room inside the axes for labels beside the outermost points
+    labels = [(f"{r['bundle']}\n{r['model']}" if len(result.verdicts) > 2 else r["model"],
+               (r["p50_ms"], r[metric] * 100)) for r in points]
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    place_labels(fig, ax, labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# Offsets (points) tried in turn for each label: right, left, above, below, then the diagonals.
+_LABEL_OFFSETS = ((6, 4), (-6, 4), (0, 10), (0, -12), (6, -12), (-6, -12), (6, 14), (-6, 14), (10, 24), (-10, 24),
+                  (10, -26), (-10, -26))
+
+
+def place_labels(fig: Any, ax: Any, labels: List[Any], marker_pt: float = 9.0) -> List[Any]:
+    """Annotate each (text, xy) where its box overlaps no other label, no marker and not the title and
+    stays inside the axes: the first free offset of _LABEL_OFFSETS, else the least-overlapping one.
+    Returns the boxes (display units) of the title, the markers and the labels, in that order."""
+    from matplotlib.transforms import Bbox
+
+    fig.tight_layout()  # the final layout first: boxes are measured where they will be drawn
+    renderer = fig.canvas.get_renderer()
+    taken = [ax.title.get_window_extent(renderer)]
+    half = marker_pt * fig.dpi / 72.0 / 2
+    for _, xy in labels:
+        px, py = ax.transData.transform(xy)
+        taken.append(Bbox.from_extents(px - half, py - half, px + half, py + half))
+    inside = ax.get_window_extent(renderer)
+
+    def cost(box: Any) -> float:
+        overlap = sum(max(0.0, min(box.x1, t.x1) - max(box.x0, t.x0)) * max(0.0, min(box.y1, t.y1) - max(box.y0, t.y0))
+                      for t in taken)
+        outside = box.width * box.height - max(0.0, min(box.x1, inside.x1) - max(box.x0, inside.x0)) * \
+            max(0.0, min(box.y1, inside.y1) - max(box.y0, inside.y0))
+        return overlap + outside
+
+    for text, xy in labels:
+        best = None
+        for dx, dy in _LABEL_OFFSETS:
+            ann = ax.annotate(text, xy, fontsize=7, xytext=(dx, dy), textcoords="offset points",
+                              ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top")
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+            c = cost(box)
+            if best is None or c < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (c, ann, box)
+            else:
+                ann.remove()
+            if c == 0:
+                break
+        taken.append(best[2])
+    return taken
