@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from edgekd.cli.app import app, console
+from edgekd.cli.app import app, console, err_console
 from edgekd.cli.options import (
     INPUT_SIZE,
     LABELS,
@@ -71,11 +72,15 @@ def distill_cmd(
     from edgekd.cli.rich_progress import RichProgress
     from edgekd.data.datasets import load_dataset
     from edgekd.distill.config import load_config_file, parse_duration, parse_sets, resolve_config, run_settings
+    from edgekd.distill.distributed import launched_rank
     from edgekd.distill.loop import distill
     from edgekd.distill.presets import DEFAULT_METHOD
     from edgekd.models.checkpoint import load_model
     from edgekd.rundir import RunDir
 
+    rank = launched_rank()
+    if rank:  # under torchrun, rank 0 speaks for all
+        console.quiet = err_console.quiet = True
     teacher_path = demo_teacher_path() if teacher == DEMO else Path(teacher)
     if resume and out is None:
         raise UsageError("--resume needs --out RUN_DIR: the run to continue")
@@ -106,10 +111,14 @@ def distill_cmd(
                   f"input {'x'.join(map(str, loaded.spec.input_shape))}) -> student [bold]{cfg.student}[/], "
                   f"method {cfg.method}, {budget}, run dir {run_dir}")
     result = distill(loaded, cfg, run_dir, data, RichProgress(console), resume=resume)
+    if rank:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     summary = json.loads((run_dir / "summary.json").read_text())
     if result.interrupted:
+        launcher = f"torchrun --nproc_per_node {world} -m edgekd" if world > 1 else "edgekd"
         raise Interrupted(f"stopped at step {result.steps}; saved {run_dir}/checkpoint.pt and student.pt: "
-                          f"continue with 'edgekd distill {teacher} --out {run_dir} --resume'")
+                          f"continue with '{launcher} distill {teacher} --out {run_dir} --resume'")
     if as_json:
         print(json.dumps(summary, indent=2))
         return

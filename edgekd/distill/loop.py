@@ -10,6 +10,7 @@ checkpoints, exact resume, and Ctrl-C that stops at an iteration boundary and sa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -30,6 +31,7 @@ from edgekd.distill import losses as L
 from edgekd.distill.augment import AUGMENTS
 from edgekd.distill.config import DistillConfig
 from edgekd.distill.discriminator import Discriminator
+from edgekd.distill.distributed import World
 from edgekd.distill.generator import Generator
 from edgekd.distill.hooks import BNStatsHook, FeatureMapHook, PenultimateHook, has_batchnorm
 from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
@@ -100,27 +102,34 @@ class _Models:
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the next iteration boundary; a second one aborts."""
+    """First Ctrl-C (or SIGTERM: a scheduler, torchrun) asks the loop to stop at the next iteration
+    boundary and save; a second one aborts. `grace_s`: a second signal sooner than this counts as the
+    first (torchrun passes the terminal's Ctrl-C on to its workers, which then see it twice)."""
 
-    def __init__(self) -> None:
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, grace_s: float = 0.0) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.grace_s = grace_s
+        self._first = 0.0
+        self._previous: Dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         except ValueError:  # not the main thread: no signal handling, Ctrl-C behaves as usual
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, *_: Any) -> None:
-        if self.requested:
+        if self.requested and time.monotonic() - self._first >= self.grace_s:
             raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested, self._first = True, time.monotonic()
 
     def __exit__(self, *_: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _lr_factor(cfg: DistillConfig, step: int, elapsed: float) -> float:
@@ -179,11 +188,12 @@ class Distiller:
     def __init__(self, teacher: LoadedModel, cfg: DistillConfig, run_dir: Path,
                  eval_data: Optional[LabelledImages] = None, progress: Optional[Progress] = None) -> None:
         self.cfg = cfg.validate()
+        self.world = World.from_environment(cfg.device)  # one process, or one rank of torchrun's
         self.teacher_info = teacher
         self.spec = teacher.spec
         self.rundir = RunDir(run_dir)
         self.run_id: Optional[str] = None
-        self.progress = progress or Progress()
+        self.progress = (progress or Progress()) if self.world.main else Progress()
         self.plan: ExecutionPlan = plan_execution(cfg.device, cfg.precision, cfg.channels_last)
         self.events: List[str] = []
         self.notes: List[str] = list(teacher.notes)
@@ -217,6 +227,12 @@ class Distiller:
             opt_s=_OPTIMIZERS[cfg.s_optimizer](s.parameters(), cfg, cfg.lr_s),
             opt_d=torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999)) if d is not None else None,
         )
+        for module in (s, g, d):  # every rank starts from rank 0's weights and runs under its plans
+            if module is not None:
+                self.world.sync_module(module)
+        if self.world.active:
+            self._restore_plans(self.world.from_main({r: [p.precision, p.channels_last] for r, p in self.plans.items()}),
+                                "rank 0's")
         if cfg.ema_decay > 0:
             self.m.ema = copy.deepcopy(s).requires_grad_(False)
         self.ema_updates = 0
@@ -256,6 +272,8 @@ class Distiller:
         self.pool_x = torch.empty(0, *self.spec.input_shape, device=dev)
         self.pool_t = torch.empty(0, dtype=torch.long, device=dev)
         self._pool_rng = torch.Generator().manual_seed(cfg.seed + 20_011)  # own stream: resume stays exact
+        if self.world.rank:  # other batches on every other rank; rank 0 keeps the one-process stream
+            torch.manual_seed(cfg.seed + 1_000_003 * self.world.rank)
 
     # ---------------------------------------------------------------- set-up helpers
     def _hooks(self, t: nn.Module, s: nn.Module) -> None:
@@ -320,6 +338,7 @@ class Distiller:
         m.opt_g.zero_grad(set_to_none=True)
         if torch.is_tensor(loss) and loss.requires_grad:
             self.scalers["g"].scale(loss).backward()
+            self.world.average_gradients(m.generator.parameters())
             self.scalers["g"].step(m.opt_g)
             self.scalers["g"].update()
         m.student.requires_grad_(True)
@@ -379,6 +398,7 @@ class Distiller:
         loss = terms["kd"] + cfg.w_at * terms.get("at", 0.0) + cfg.w_gan * terms.get("gan", 0.0)
         m.opt_s.zero_grad(set_to_none=True)
         self.scalers["s"].scale(loss).backward()
+        self.world.average_gradients(m.student.parameters())
         self.scalers["s"].step(m.opt_s)
         self.scalers["s"].update()
         if m.disc is not None:
@@ -386,6 +406,7 @@ class Distiller:
             d_loss = L.discriminator_loss(m.disc(p_t), m.disc(p_s.detach()))
             m.opt_d.zero_grad(set_to_none=True)
             self.scalers["d"].scale(d_loss).backward()
+            self.world.average_gradients(m.disc.parameters())
             self.scalers["d"].step(m.opt_d)
             self.scalers["d"].update()
             terms["loss_d"] = d_loss
@@ -424,7 +445,8 @@ class Distiller:
         if timing:
             self._choose_s_steps(t1 - t0, (self._now(timing) - t1) / self.s_steps)
         names = list(terms)
-        values = torch.stack([terms[n].float().cpu() for n in names]).tolist()  # one sync per iteration
+        # One sync per iteration; the mean over ranks, so every rank takes the same NaN/collapse decisions.
+        values = self.world.mean(torch.stack([terms[n].float().cpu() for n in names])).tolist()
         return dict(zip(names, values))
 
     def _now(self, timing: bool) -> float:
@@ -443,7 +465,7 @@ class Distiller:
         want = cfg.s_time_ratio * g_seconds / max(s_seconds, 1e-9)
         n, hit = cached(key, lambda: max(1, min(cfg.s_steps, round(want))),
                         lambda v: isinstance(v, int) and 1 <= v <= cfg.s_steps)
-        self.s_steps, self.s_steps_chosen = int(n), True
+        self.s_steps, self.s_steps_chosen = int(self.world.from_main(int(n))), True
         self._event(f"step {self.step + 1}: {self.s_steps} student steps per generator step from here "
                     + ("(cached for this setting)" if hit else
                        f"(G step {g_seconds:.3f}s, S step {s_seconds:.3f}s, S time up to {cfg.s_time_ratio:g}x G's, "
@@ -474,6 +496,7 @@ class Distiller:
                     "needs another setting, e.g. --set w_bal=20 or --method dfq; the last state is in "
                     f"{self.rundir / RunDir.CHECKPOINT}")
             _reset_weights(self.m.generator)
+            self.world.sync_module(self.m.generator)
             self.m.opt_g.state.clear()
             self._event(f"step {self.step}: generator collapsed to one class "
                         f"({top_share:.0%} of a batch for {self.cfg.collapse_patience} steps); re-initialised it")
@@ -558,10 +581,21 @@ class Distiller:
     # ---------------------------------------------------------------- persistence
     def _log(self, record: Dict[str, Any]) -> None:
         self.history.append(record)
-        with open(self.rundir / RunDir.METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.world.main:
+            with open(self.rundir / RunDir.METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _rank_state(self) -> Dict[str, Any]:
+        """What differs between ranks: the random streams and the replay memory."""
+        return {"rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if self.plan.device.type == "cuda" else None,
+                "memory": {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.memory.state_dict().items()}}
 
     def save_checkpoint(self) -> None:
+        """Every rank calls it (their states are gathered); rank 0 writes."""
+        ranks = self.world.gather(self._rank_state())
+        if not self.world.main:
+            return
         state = {
             "edgekd_version": __version__, "step": self.step, "elapsed": self.elapsed,
             "models": self.m.state_dict(), "memory": self.memory.state_dict(),
@@ -576,6 +610,7 @@ class Distiller:
             "pool": {"x": self.pool_x.cpu(), "t": self.pool_t.cpu(), "rng": self._pool_rng.get_state()},
             "best": None if self.best_model is None else {"step": self.best_step,
                                                           "state": self.best_model.state_dict()},
+            "world_size": self.world.size, "ranks": ranks[1:],
         }
         with atomic_path(self.rundir / RunDir.CHECKPOINT) as tmp:
             torch.save(state, tmp)
@@ -596,9 +631,17 @@ class Distiller:
         if state["teacher_sha256"] != self.teacher_info.sha256:
             raise UsageError(f"--resume: {self.rundir} was distilled from another teacher file")
         check_resumable(state["config"], self.cfg)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world.size:
+            raise UsageError(f"--resume: this run was distilled by {saved_world} process(es), not {self.world.size}: "
+                             + ("resume it with torchrun --nproc_per_node " + str(saved_world) + " -m edgekd distill ..."
+                                if saved_world > 1 else "resume it without torchrun"))
+        if self.world.rank:
+            state.update(state["ranks"][self.world.rank - 1])
         self._restore_plans(state.get("plans"))
         self.m.load_state_dict(state["models"])
-        self.memory.load_state_dict(state["memory"])
+        self.memory.load_state_dict({k: v.to(self.plan.device) if torch.is_tensor(v) else v
+                                     for k, v in state["memory"].items()})
         for k, v in state["scalers"].items():
             self.scalers[k].load_state_dict(v)
         torch.set_rng_state(state["rng_cpu"].cpu())
@@ -622,17 +665,18 @@ class Distiller:
         # Metrics logged after the checkpoint belong to the lost future: drop them.
         # A torn last line (killed while appending) is dropped with them.
         log = self.rundir / RunDir.METRICS
-        if log.exists():
+        if log.exists() and self.world.main:
             self.history = [r for r in _read_records(log) if r.get("step", math.inf) <= self.step]
             log.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.progress.message(f"resumed {self.rundir} at step {self.step} ({self.elapsed:.0f}s done)")
 
-    def _restore_plans(self, saved: Optional[Dict[str, Any]]) -> None:
-        """A resumed run goes on with the plans it started with, whatever a probe would say today."""
+    def _restore_plans(self, saved: Optional[Dict[str, Any]], why: str = "resumed") -> None:
+        """A resumed run goes on with the plans it started with, whatever a probe would say today
+        (and every rank with rank 0's)."""
         for role, (precision, cl) in (saved or {}).items():
             plan = self.plans[role]
             if (plan.precision, plan.channels_last) != (precision, cl):
-                reason = f"{precision}{', channels_last' if cl else ''} (resumed)"
+                reason = f"{precision}{', channels_last' if cl else ''} ({why})"
                 self.plans[role] = ExecutionPlan(plan.device, DTYPES[precision], bool(cl), reason)
         self.plans["teacher"].module(self.m.teacher)
         self.plans["teacher"].module(self.m.generator)
@@ -662,30 +706,47 @@ class Distiller:
         return min(1.0, max(parts))
 
     def run(self, resume: bool = False) -> DistillResult:
-        self.rundir.check_writable(resume)
-        with self.rundir.locked():
-            self.rundir.check_writable(resume)  # again under the lock: another process may have begun
+        with contextlib.ExitStack() as stack:
+            error = None
+            if self.world.main:  # rank 0 owns the run directory; the others only read the checkpoint
+                try:
+                    self.rundir.check_writable(resume)
+                    stack.enter_context(self.rundir.locked())
+                    self.rundir.check_writable(resume)  # again under the lock: another process may have begun
+                except EdgekdError as e:
+                    error = e
+            self.world.raise_if_any(error)
             return self._run(resume)
 
-    def _run(self, resume: bool) -> DistillResult:
+    def _start(self, resume: bool) -> None:
         cfg = self.cfg
         if resume:
             self.load_checkpoint()
             self.run_id = self.rundir.run_id()
-        else:
+        elif self.world.main:
             self.run_id = self.rundir.start()
             (self.rundir / RunDir.METRICS).write_text("")
-        write_json(self.rundir / RunDir.CONFIG, {
-            **cfg.to_dict(), "resolved_precision": {r: p.precision for r, p in self.plans.items()},
-            "channels_last": {r: p.channels_last for r, p in self.plans.items()},
-            "device_plan": self.plan_reason, "notes": self.notes})
+        if self.world.main:
+            write_json(self.rundir / RunDir.CONFIG, {
+                **cfg.to_dict(), "resolved_precision": {r: p.precision for r, p in self.plans.items()},
+                "channels_last": {r: p.channels_last for r, p in self.plans.items()},
+                "device_plan": self.plan_reason, "processes": self.world.size, "notes": self.notes})
+
+    def _run(self, resume: bool) -> DistillResult:
+        cfg = self.cfg
+        error = None
+        try:
+            self._start(resume)
+        except EdgekdError as e:
+            error = e
+        self.world.raise_if_any(error)
         for note in self.notes:
             self.progress.message(note)
         self.progress.start(f"distill {self.spec.arch} -> {cfg.student} ({cfg.method})")
         last_eval = last_ckpt = time.monotonic()
         latest: Dict[str, Any] = {}
         interrupted = False
-        with _StopFlag() as stop:
+        with _StopFlag(grace_s=2.0 if self.world.active else 0.0) as stop:
             # elapsed is the loop's wall time, evaluation and checkpoints included: a 10-minute
             # budget means 10 minutes on the clock.
             tick = time.perf_counter()
@@ -706,7 +767,7 @@ class Distiller:
                 now = time.monotonic()
                 record = {"step": self.step, "time": round(self.elapsed, 2),
                           **{k: round(v, 5) for k, v in losses.items()}}
-                if now - last_eval >= cfg.eval_every_s or self._done():
+                if self.world.main and (now - last_eval >= cfg.eval_every_s or self._done()):
                     latest = self.evaluate()
                     record.update(latest)
                     last_eval = time.monotonic()
@@ -714,17 +775,24 @@ class Distiller:
                 if self.step % 10 == 0 or "agreement_synthetic" in record:
                     self._log(record)
                 self.progress.update(self._fraction(), self.step, {**{k: losses[k] for k in ("loss_g", "loss_s")}, **latest})
-                if (now - last_ckpt >= cfg.checkpoint_every_s
-                        or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)):
+                due = (now - last_ckpt >= cfg.checkpoint_every_s
+                       or bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
+                # Every rank goes on by rank 0's clock and checkpoint times and stops when any is asked to.
+                self.elapsed, stopping, due = self.world.maximum([self.elapsed, stop.requested,
+                                                                  due and self.world.main])
+                if due:
                     self._periodic_checkpoint()
                     last_ckpt = time.monotonic()
-                if stop.requested:
+                if stopping:
                     interrupted = True
                     break
         self.progress.stop()
         if not _finite_params(self.m.final_student) and self.snapshot is not None:
             self.m.load_state_dict(copy.deepcopy(self.snapshot))
         self.save_checkpoint()
+        if not self.world.main:  # rank 0 alone evaluates, keeps the best student and writes the rest
+            return DistillResult(self.rundir.path, self.rundir / RunDir.STUDENT, self.step, self.elapsed, interrupted,
+                                 {}, None, list(self.events), self.plan_reason)
         if not latest or interrupted:
             latest = self.evaluate()
         chosen = self.m.final_student
@@ -787,7 +855,11 @@ def check_resumable(saved: Dict[str, Any], cfg: DistillConfig) -> None:
 def distill(teacher: LoadedModel, cfg: DistillConfig, run_dir: Path, eval_data: Optional[LabelledImages] = None,
             progress: Optional[Progress] = None, resume: bool = False) -> DistillResult:
     """Distil `teacher` into a fresh `cfg.student` with no training data; write the run directory."""
-    return Distiller(teacher, cfg, run_dir, eval_data, progress).run(resume=resume)
+    distiller = Distiller(teacher, cfg, run_dir, eval_data, progress)
+    try:
+        return distiller.run(resume=resume)
+    finally:
+        distiller.world.close()
 
 
 def synthesize(generator: Generator, teacher: nn.Module, n: int, seed: int, batch: int = 256) -> Dict[str, np.ndarray]:

@@ -77,6 +77,7 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         inner.step()
     for group in m.opt_g.param_groups:
         group["lr"] = lr * cfg.g_steps
+    d.world.average_gradients(meta_params)
     m.opt_g.step()
     m.opt_g.zero_grad(set_to_none=True)
     m.student.requires_grad_(True)
