@@ -19,7 +19,7 @@ stamp="$VENV/.edgekd-$(cat pyproject.toml "$pins" | sha256sum | cut -c1-12)"
 here=$(pwd)
 if [ ! -f "$stamp" ] || ! (cd / && "$VENV/bin/python" -c "import edgekd, sys; sys.exit(not edgekd.__file__.startswith('$here/'))") 2>/dev/null; then
   "$VENV/bin/pip" install -q -c "$pins" torch torchvision 2> >(grep -v "is ignored: it is neither" >&2)
-  "$VENV/bin/pip" install -q -c "$pins" -e ".[train,dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+  "$VENV/bin/pip" install -q -c "$pins" -e ".[train,dev,openvino]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$stamp"
 fi
 # Debian packages: Fashion-MNIST is the real data the demo and tests measure on; qemu-user lets the

@@ -236,14 +236,19 @@ def test_default_int8_ships_only_where_it_is_faster_here(run_dir, tmp_path):
                                  "--out", str(tmp_path / "auto")])
     assert result.exit_code == 0, result.output
     m = load_manifest(tmp_path / "auto")
-    speed = m["checks"]["int8_speed"]
+    speed = m["checks"]["speed"]
+    p50 = speed["p50_ms"]
     files = {e["file"] for e in m["models"]}
-    if speed["int8_p50_ms"] > speed["fp32_p50_ms"]:
-        assert m["precision"] == "fp32" and "student.int8.onnx" not in files and "slower than FP32" in result.output
+    # The shipped (runtime, precision) is the fastest measured one.
+    fastest = min(((r, p) for r in p50 for p in p50[r]), key=lambda rp: p50[rp[0]][rp[1]])
+    assert (m["runtime"], m["precision"]) == fastest == tuple(speed["chosen"].values())
+    if m["precision"] == "fp32":
+        assert "student.int8.onnx" not in files and "slower than FP32" in result.output
     else:
-        assert m["precision"] == "int8" and "student.int8.onnx" in files
+        assert "student.int8.onnx" in files
+    assert set(p50) == {"onnxruntime", "openvino"}  # the dev install brings OpenVINO: both timed
     named = export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_count=64), tmp_path / "named")
-    assert named.manifest["precision"] == "int8" and "int8_speed" not in named.manifest["checks"]
+    assert named.manifest["precision"] == "int8" and set(named.manifest["checks"]["speed"]["p50_ms"]["openvino"]) == {"int8"}
 
 
 @pytest.mark.parametrize("resize", ["pad", "crop:0.875"])
@@ -272,3 +277,34 @@ def test_bench_measures_the_teacher_under_its_own_preprocessing(demo_teacher_pat
     with torch.no_grad():
         own = float((teacher.model.float()(x).argmax(1).numpy() == sub.labels).mean())
     assert abs(bench_top1 - own) < 1e-9, (bench_top1, own)
+
+
+def test_bench_runs_every_runtime_side_by_side(int8_bundle, fmnist):
+    """OpenVINO on the same ONNX files as ONNX Runtime: the same FP32 predictions, INT8 close to them."""
+    res = bench_bundles([int8_bundle], BenchConfig(data="fashion-mnist", max_images=1000, runtime="all", **FAST_BENCH))
+    by = {(r["runtime"], r["model"].rsplit(" ", 1)[0], r["batch_size"]): r for r in res.rows}
+    assert {k[0] for k in by} == {"onnxruntime", "openvino"}
+    assert res.environment["runtimes"]["openvino"]["version"]
+    for model in ("teacher fp32", "student fp32"):
+        assert abs(by[("openvino", model, 1)]["top1"] - by[("onnxruntime", model, 1)]["top1"]) <= 0.002
+        assert abs(by[("openvino", model, 1)]["agreement"] - by[("onnxruntime", model, 1)]["agreement"]) <= 0.002
+    assert abs(by[("openvino", "student int8", 4)]["top1"] - by[("onnxruntime", "student int8", 4)]["top1"]) <= 0.02
+    # Every student is compared with the first runtime's teacher.
+    teacher = by[("onnxruntime", "teacher fp32", 1)]
+    v = next(v for v in res.verdicts if v["model"] == "student int8 ov" and v["batch_size"] == 1)
+    assert v["speedup_p50"] == pytest.approx(teacher["p50_ms"] / by[("openvino", "student int8", 1)]["p50_ms"])
+
+
+@pytest.mark.parametrize("choice,want", [("onnxruntime", ["onnxruntime"]), ("openvino, onnxruntime", ["openvino", "onnxruntime"]),
+                                         ("auto", ["onnxruntime"]), ("all", ["onnxruntime", "openvino"])])
+def test_runtime_choice(choice, want):
+    from edgekd.bench.runners import bundle_runtimes
+
+    assert bundle_runtimes(choice, {"runtime": "onnxruntime"}) == want
+
+
+def test_unknown_runtime_is_one_line():
+    from edgekd.bench.runners import bundle_runtimes
+
+    with pytest.raises(UsageError, match="choose onnxruntime, openvino, tensorrt"):
+        bundle_runtimes("onnx", {})

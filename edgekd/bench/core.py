@@ -14,7 +14,7 @@ import numpy as np
 
 from edgekd import __version__
 from edgekd.bench.latency import measure
-from edgekd.bench.runners import auto_runtime, make_runner
+from edgekd.bench.runners import SHORT_NAMES, bundle_runtimes, make_runner
 from edgekd.cpu import cpu_summary, int8_dot_product
 from edgekd.data.datasets import check_dataset_fits, load_dataset, prepare_images
 from edgekd.deploy.manifest import load_manifest
@@ -142,43 +142,46 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
     for bundle in map(Path, bundles):
         manifest = load_manifest(bundle)
         spec = ModelSpec.from_dict(manifest["spec"])
-        runtime = auto_runtime(manifest) if cfg.runtime == "auto" else cfg.runtime
-        warning = int8_cpu_warning(bundle.name, manifest, runtime)
-        if warning:
-            warnings.append(warning)
+        chosen = bundle_runtimes(cfg.runtime, manifest)
         ev = _eval_set(bundle, manifest, cfg, spec)
         evaluation = {"source": ev["source"], "kind": ev["kind"], "images": int(len(ev["x"])),
                       "preprocess_ms_per_image": ev["preprocess_ms_per_image"]}
         entries = sorted(manifest["models"], key=lambda m: m["role"] != "teacher")  # teacher first
-        teacher_pred = ev.get("teacher_pred")
         bundle_rows: List[Dict[str, Any]] = []
-        for entry in entries:
-            label = f"{entry['role']} {entry['precision']}"
-            progress.message(f"{bundle.name}: {label} ({runtime})")
-            runner = make_runner(runtime, bundle, entry, cfg.threads)
-            runtimes[runtime] = runner.environment()
-            logits = _predict(runner, ev["x"])
-            pred = logits.argmax(1)
-            if entry["role"] == "teacher" and ev["kind"] == "labelled":
-                teacher_pred = pred
-            acc: Dict[str, Any] = {"top1": None, "top5": None, "agreement": None}
-            if ev["labels"] is not None:
-                acc["top1"] = _topk(logits, ev["labels"], 1)
-                acc["top5"] = _topk(logits, ev["labels"], 5) if spec.num_classes > 5 else None
-            if teacher_pred is not None:
-                acc["agreement"] = float((pred == teacher_pred).mean())
-            for bs in cfg.batch_sizes:
-                xb = _batch(ev["x"], bs)
-                stats = measure(lambda xb=xb, run=runner: run(xb), bs, cfg.warmup_s, cfg.duration_s, cfg.iterations)
-                row = {"bundle": bundle.name, "model": label, "role": entry["role"], "precision": entry["precision"],
-                       "file": entry["file"], "runtime": runtime, "provider": getattr(runner, "provider", runtime),
-                       **acc, **stats.to_dict(), "size_mb": (bundle / entry["file"]).stat().st_size / 1e6,
-                       "parameters": entry.get("parameters"), "macs": entry.get("macs")}
-                bundle_rows.append(row)
-                progress.update(len(bundle_rows) / (len(entries) * len(cfg.batch_sizes)), len(bundle_rows),
-                                {"model": label, "batch": bs, "p50_ms": round(stats.p50_ms, 3)})
-            if cfg.verify_timing and hasattr(runner, "profiled_mean_ms"):
-                checks.append(_timing_check(runner, ev["x"], label, bundle.name, cfg))
+        total = len(entries) * len(cfg.batch_sizes) * len(chosen)
+        for runtime in chosen:  # the first runtime's teacher is what every student is compared with
+            warning = int8_cpu_warning(bundle.name, manifest, runtime)
+            if warning:
+                warnings.append(warning)
+            teacher_pred = ev.get("teacher_pred")
+            for entry in entries:
+                label = f"{entry['role']} {entry['precision']}" + (f" {SHORT_NAMES[runtime]}" if len(chosen) > 1 else "")
+                progress.message(f"{bundle.name}: {label} ({runtime})")
+                runner = make_runner(runtime, bundle, entry, cfg.threads)
+                runtimes[runtime] = runner.environment()
+                logits = _predict(runner, ev["x"])
+                pred = logits.argmax(1)
+                if entry["role"] == "teacher" and ev["kind"] == "labelled":
+                    teacher_pred = pred
+                acc: Dict[str, Any] = {"top1": None, "top5": None, "agreement": None}
+                if ev["labels"] is not None:
+                    acc["top1"] = _topk(logits, ev["labels"], 1)
+                    acc["top5"] = _topk(logits, ev["labels"], 5) if spec.num_classes > 5 else None
+                if teacher_pred is not None:
+                    acc["agreement"] = float((pred == teacher_pred).mean())
+                for bs in cfg.batch_sizes:
+                    xb = _batch(ev["x"], bs)
+                    stats = measure(lambda xb=xb, run=runner: run(xb), bs, cfg.warmup_s, cfg.duration_s, cfg.iterations)
+                    row = {"bundle": bundle.name, "model": label, "role": entry["role"],
+                           "precision": entry["precision"], "file": entry["file"], "runtime": runtime,
+                           "provider": getattr(runner, "provider", runtime),
+                           **acc, **stats.to_dict(), "size_mb": (bundle / entry["file"]).stat().st_size / 1e6,
+                           "parameters": entry.get("parameters"), "macs": entry.get("macs")}
+                    bundle_rows.append(row)
+                    progress.update(len(bundle_rows) / total, len(bundle_rows),
+                                    {"model": label, "batch": bs, "p50_ms": round(stats.p50_ms, 3)})
+                if cfg.verify_timing and hasattr(runner, "profiled_mean_ms"):
+                    checks.append(_timing_check(runner, ev["x"], label, bundle.name, cfg))
         rows += bundle_rows
     env = environment(cfg.threads)
     env["runtimes"] = runtimes
@@ -209,9 +212,10 @@ def verdicts_for(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     at the same batch size."""
     out = []
     for r in rows:
+        # The bundle's first teacher row at this batch size: with several runtimes, the first one's.
         teacher = next((t for t in rows if t["role"] == "teacher" and t["bundle"] == r["bundle"]
                         and t["batch_size"] == r["batch_size"]), None)
-        if teacher is None or r is teacher:
+        if teacher is None or r["role"] == "teacher":
             continue
         metric = "top1" if r["top1"] is not None else "agreement"
         change = (r[metric] - teacher[metric]) if (metric == "top1") else (r["agreement"] - 1.0)

@@ -93,11 +93,77 @@ class TensorRTRunner:
         return {"runtime": "tensorrt", "version": self._version, "provider": self.provider}
 
 
-RUNNERS: Dict[str, Callable[..., Any]] = {"onnxruntime": OrtRunner, "tensorrt": TensorRTRunner}
+class OpenVinoRunner:
+    """Intel's OpenVINO runtime on the bundle's ONNX file (x86 CPUs; `pip install "edgekd[openvino]"`).
+    One compiled model per input shape: its CPU plugin is fastest on static shapes. FP32 models run in
+    f32 (OpenVINO would otherwise compute them in bf16 on CPUs that have it, and the row would not be
+    the FP32 model); INT8 QDQ models run their quantized layers in INT8."""
+
+    name = "openvino"
+    PIP = 'pip install "edgekd[openvino]"'
+
+    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RuntimeMissingError(f"--runtime openvino: OpenVINO is not installed: {self.PIP}") from None
+        self._ov = ov
+        self.core = ov.Core()
+        self.path = Path(bundle) / entry["file"]
+        self.config: Dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
+        self.threads = threads
+        self.input_name = self.core.read_model(str(self.path)).inputs[0].get_any_name()
+        self._requests: Dict[tuple, Any] = {}
+        self.provider = "OpenVINO CPU"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        request = self._requests.get(x.shape)
+        if request is None:
+            model = self.core.read_model(str(self.path))
+            model.reshape({self.input_name: list(x.shape)})
+            request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            self._requests[x.shape] = request
+        return np.array(request.infer({0: x})[0])
+
+    def environment(self) -> Dict[str, Any]:
+        return {"runtime": "openvino", "version": self._ov.__version__, "provider": self.provider,
+                "threads": self.threads or "default"}
+
+
+RUNNERS: Dict[str, Callable[..., Any]] = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner,
+                                          "tensorrt": TensorRTRunner}
+# Short names for table labels when one bench runs several runtimes (80 columns).
+SHORT_NAMES = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}
+# The Python module each runtime needs: what `--runtime all` looks for.
+_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
 def runtime_names() -> List[str]:
     return list(RUNNERS)
+
+
+def installed(runtime: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(_MODULES[runtime]) is not None
+
+
+def bundle_runtimes(choice: str, manifest: Dict[str, Any]) -> List[str]:
+    """The runtimes to bench one bundle with: `auto` (the one its export chose, when installed here),
+    `all` (every runtime installed here that can run it), or names, comma-separated."""
+    if choice == "auto":
+        return [auto_runtime(manifest)]
+    if choice == "all":
+        engines = bool(manifest.get("engines"))
+        return [r for r in RUNNERS if installed(r) and (r != "tensorrt" or engines)]
+    names = [n.strip() for n in choice.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUNNERS]
+    if unknown or not names:
+        raise UsageError(f"unknown runtime {', '.join(unknown) or choice!r}: choose {', '.join(RUNNERS)}, "
+                         "a comma-separated list of them, all or auto")
+    return list(dict.fromkeys(names))
 
 
 def make_runner(runtime: str, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> Any:
@@ -107,13 +173,7 @@ def make_runner(runtime: str, bundle: Path, entry: Dict[str, Any], threads: int 
 
 
 def auto_runtime(manifest: Dict[str, Any]) -> str:
-    """The bundle's target runtime when it is importable here, else onnxruntime."""
+    """The bundle's runtime (its target's, or the faster one its export measured) when it is installed
+    here, else onnxruntime."""
     wanted = manifest.get("runtime", "onnxruntime")
-    if wanted == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401
-
-            return "tensorrt"
-        except ImportError:
-            return "onnxruntime"
-    return "onnxruntime"
+    return wanted if wanted in RUNNERS and installed(wanted) else "onnxruntime"

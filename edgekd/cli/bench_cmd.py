@@ -28,7 +28,7 @@ def _parse_sizes(text: str) -> tuple:
 def bench_cmd(
     bundles: Optional[List[Path]] = typer.Argument(None, help="Bundle directories from 'edgekd export' (default: the current directory)."),
     data: Optional[str] = typer.Option(None, "--data", help="Labelled data: fashion-mnist, mnist, IDX dir, ImageFolder, .npz (default: the bundle's synthetic images, agreement only)."),
-    runtime: str = typer.Option("auto", "--runtime", help="auto, onnxruntime or tensorrt."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto (the bundle's), onnxruntime, openvino, tensorrt, a comma-separated list, or all (every one installed here), side by side."),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="Comma-separated batch sizes."),
     warmup: float = typer.Option(1.0, "--warmup", help="Warm-up seconds per model and batch size."),
     duration: Optional[float] = typer.Option(3.0, "--duration", help="Minimum timed seconds per model and batch size."),
@@ -89,7 +89,7 @@ def print_result(result: Any) -> None:
         console.print(f"[bold red]WARNING: {w}[/]")
     for v in result.verdicts:
         console.print(f"[bold]{v['bundle']} {v['model']}[/] at batch {v['batch_size']}: "
-                      f"[green]{v['speedup_p50']:.2f}x[/] faster than the teacher (p50), "
+                      f"[green]{v['speedup_p50']:.2f}x[/] the teacher's speed (p50), "
                       f"{v['metric']} {v['accuracy_change']:+.2%}, {v['size_ratio']:.1f}x smaller")
     for c in result.timing_check:
         console.print(f"timing check {c['model']} (batch 1): edgekd {c['edgekd_mean_ms']:.4f} ms, loop-timed "

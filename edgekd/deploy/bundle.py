@@ -18,7 +18,7 @@ import datetime as _dt
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -214,19 +214,15 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
             if problem:
                 warnings.append(f"WARNING: {problem} (kept because of --force)")
             models.append(_model_entry("student", "int8", "student.int8.onnx", src.student, spec))
-            if cfg.precision_by_speed and quant.kernels_match_device:
-                speed = _int8_vs_fp32_here(tmp, parity_x[:1], target.threads)
-                checks["int8_speed"] = speed
-                if speed["int8_p50_ms"] > speed["fp32_p50_ms"]:
-                    precision = "fp32"
-                    models = [e for e in models if e["precision"] != "int8"]
-                    (tmp / "student.int8.onnx").unlink()
-                    warnings.append(f"INT8 is slower than FP32 on this CPU (student p50 {speed['int8_p50_ms']:.3f} ms "
-                                    f"vs {speed['fp32_p50_ms']:.3f} ms at batch 1): the bundle ships FP32; "
-                                    "--precision int8 keeps INT8")
         elif target.runtime == "tensorrt" and precision == "fp16":
             for m in models:
                 m["build_precision"] = "fp16"
+
+        runtime = target.runtime
+        if quant.kernels_match_device and (cfg.precision_by_speed or target.runtimes):
+            precision, runtime = _fastest_here(tmp, models, precision, runtime, target, cfg, parity_x[:1],
+                                               checks, warnings)
+            models = [e for e in models if e["role"] == "teacher" or e["precision"] in ("fp32", precision)]
 
         calib_saved = _limit_calib(calib.astype(np.float32))
         np.save(tmp / "calib.npy", calib_saved)
@@ -236,7 +232,7 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
         manifest = {
             "format": BUNDLE_FORMAT, "version": 1, "edgekd_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "target": target.to_dict(), "precision": precision, "runtime": target.runtime,
+            "target": target.to_dict(), "precision": precision, "runtime": runtime,
             "spec": spec.to_dict(), "labels": list(spec.labels) if spec.labels else None,
             "preprocessing": spec.preprocessing(),
             "models": models,
@@ -256,19 +252,49 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
     return ExportResult(out, manifest, warnings)
 
 
-def _int8_vs_fp32_here(tmp: Path, x: np.ndarray, threads: int) -> Dict[str, Any]:
-    """Batch-1 latency of the FP32 and INT8 students on this machine, as bench measures it (median of
-    a short run after warm-up; alternated twice so a slow patch of the machine hits both)."""
-    from edgekd.bench.latency import measure
-    from edgekd.deploy.onnx_export import INPUT_NAME, ort_session
+def _fastest_here(tmp: Path, models: List[Dict[str, Any]], precision: str, runtime: str, target: Target,
+                  cfg: ExportConfig, x: np.ndarray, checks: Dict[str, Any], warnings: List[str]) -> Tuple[str, str]:
+    """With the export machine as the device: the student's batch-1 latency under every precision in the
+    bundle and every runtime the target allows that is installed here (checks["speed"]); the bundle then
+    names the fastest runtime, and, where the precision was not asked for by name, ships INT8 only if
+    it is the faster one. Returns (precision, runtime); an INT8 file that is not shipped is deleted."""
+    from edgekd.bench.runners import installed
 
-    sessions = {p: ort_session(tmp / f, threads) for p, f in (("fp32", "student.onnx"), ("int8", "student.int8.onnx"))}
-    p50: Dict[str, List[float]] = {"fp32": [], "int8": []}
+    students = {e["precision"]: e["file"] for e in models if e["role"] == "student"}
+    runtimes = [target.runtime] + [r for r in target.runtimes if r != target.runtime and installed(r)]
+    allowed = list(students) if cfg.precision_by_speed else [precision]
+    p50 = _student_p50_here(tmp, {p: students[p] for p in allowed}, x, target.threads, runtimes)
+    best_runtime, best_precision = min(((r, p) for r in runtimes for p in allowed), key=lambda rp: p50[rp[0]][rp[1]])
+    checks["speed"] = {"p50_ms": p50, "batch_size": 1, "cpu": cpu_summary().get("cpu"),
+                       "chosen": {"runtime": best_runtime, "precision": best_precision},
+                       "not_installed": [r for r in target.runtimes if not installed(r)]}
+    if best_precision != precision:
+        (tmp / students[precision]).unlink()
+        warnings.append(f"INT8 is slower than FP32 on this CPU (student p50 {p50[best_runtime][precision]:.3f} ms vs "
+                        f"{p50[best_runtime][best_precision]:.3f} ms at batch 1 on {best_runtime}): the bundle ships "
+                        f"{best_precision.upper()}; --precision {precision} keeps it")
+    if best_runtime != target.runtime:
+        base = p50[target.runtime][best_precision]
+        warnings.append(f"{best_runtime} runs the {best_precision.upper()} student {base / p50[best_runtime][best_precision]:.1f}x "
+                        f"faster than {target.runtime} on this CPU: the bundle names it (edgekd bench uses it where "
+                        f"installed: pip install \"edgekd[{best_runtime}]\"; --runtime {target.runtime} times the other)")
+    return best_precision, best_runtime
+
+
+def _student_p50_here(tmp: Path, files: Dict[str, str], x: np.ndarray, threads: int,
+                      runtimes: List[str]) -> Dict[str, Dict[str, float]]:
+    """Batch-1 p50 latency of each student file under each runtime, as bench measures it (a short run
+    after warm-up, alternated twice so a slow patch of the machine hits every one; the faster of the two)."""
+    from edgekd.bench.latency import measure
+    from edgekd.bench.runners import make_runner
+
+    runners = {(r, p): make_runner(r, tmp, {"file": f}, threads) for r in runtimes for p, f in files.items()}
+    best: Dict[Tuple[str, str], float] = {}
     for _ in range(2):
-        for name, s in sessions.items():
-            p50[name].append(measure(lambda s=s: s.run(None, {INPUT_NAME: x}), 1, warmup_s=0.2, duration_s=0.5).p50_ms)
-    return {"fp32_p50_ms": float(min(p50["fp32"])), "int8_p50_ms": float(min(p50["int8"])), "batch_size": 1,
-            "cpu": cpu_summary().get("cpu")}
+        for key, run in runners.items():
+            ms = measure(lambda run=run: run(x), 1, warmup_s=0.2, duration_s=0.5).p50_ms
+            best[key] = min(ms, best.get(key, float("inf")))
+    return {r: {p: best[(r, p)] for p in files} for r in runtimes}
 
 
 def _export_teacher(src: _Source, target: Target, tmp: Path, meta: Dict[str, Any], parity_x: np.ndarray,
@@ -333,8 +359,11 @@ def _device_readme(manifest: Dict[str, Any], name: str) -> str:
              "## Input", "", _preprocessing_words(manifest["preprocessing"]), "",
              "## On the device", "", "```"]
     if t["runtime"] == "onnxruntime":
-        lines += ["python3 -m venv ~/edgekd-venv && ~/edgekd-venv/bin/pip install edgekd   # the device install: no PyTorch",
-                  f"~/edgekd-venv/bin/edgekd bench {name} --json {name}-bench.json"]
+        extra = {"openvino": '"edgekd[openvino]"'}.get(manifest["runtime"], "edgekd")
+        lines += [f"python3 -m venv ~/edgekd-venv && ~/edgekd-venv/bin/pip install {extra}   # the device install: no PyTorch",
+                  f"~/edgekd-venv/bin/edgekd bench {name} --json {name}-bench.json"
+                  + (f"   # runs on {manifest['runtime']}, measured fastest at export; --runtime all compares"
+                     if manifest["runtime"] != t["runtime"] else "")]
     else:
         flag = {"fp16": "--fp16", "int8": "--int8 --fp16", "fp32": ""}[manifest["precision"]]
         # trtexec's workspace flag changed in TensorRT 8.4.

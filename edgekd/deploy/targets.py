@@ -15,6 +15,9 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 TARGETS_DIR = next((d for d in (_PACKAGE / "targets", _PACKAGE.parent / "targets") if d.is_dir()),
                    _PACKAGE.parent / "targets")
 RUNTIMES = ("onnxruntime", "tensorrt")
+# Runtimes an ONNX Runtime CPU target may name as alternatives: run on the bundle's ONNX files as they
+# are, timed at export where the export machine is the device and they are installed.
+ALTERNATIVE_RUNTIMES = ("openvino",)
 PRECISIONS = ("fp32", "fp16", "int8")
 VNNI_CHOICES = ("", "detect", "yes", "no")  # "": not an x86 CPU target
 
@@ -33,6 +36,7 @@ class Target:
     memory_mib: int = 0  # device memory budget; TensorRT workspace pool
     workspace_mib: int = 256
     tensorrt_versions: Tuple[str, ...] = ()
+    runtimes: Tuple[str, ...] = ()  # alternatives to `runtime` (ALTERNATIVE_RUNTIMES), chosen by measurement
     python: str = ""
     dla: bool = False
     int8_symmetric: bool = False  # TensorRT reads symmetric Q/DQ only
@@ -56,7 +60,7 @@ _KINDS: Dict[str, Tuple[type, Optional[type]]] = {
     "name": (str, None), "description": (str, None), "runtime": (str, None), "opset": (int, None),
     "precisions": (list, str), "default_precision": (str, None), "batch_sizes": (list, int),
     "dynamic_batch": (bool, None), "threads": (int, None), "memory_mib": (int, None), "workspace_mib": (int, None),
-    "tensorrt_versions": (list, str), "python": (str, None), "dla": (bool, None), "int8_symmetric": (bool, None),
+    "tensorrt_versions": (list, str), "runtimes": (list, str), "python": (str, None), "dla": (bool, None), "int8_symmetric": (bool, None),
     "vnni": (str, None), "bench": (dict, None), "notes": (str, None),
 }
 
@@ -94,10 +98,13 @@ def _validate(d: Dict[str, Any], source: str) -> Target:
         raise UsageError(f"target {d['name']}: vnni must be one of {', '.join(repr(c) for c in VNNI_CHOICES[1:])}")
     if d.get("vnni") and d["runtime"] != "onnxruntime":
         raise UsageError(f"target {d['name']}: vnni applies to ONNX Runtime CPU targets only")
+    if d.get("runtimes") and (d["runtime"] != "onnxruntime" or set(d["runtimes"]) - set(ALTERNATIVE_RUNTIMES)):
+        raise UsageError(f"target {d['name']}: runtimes (alternatives) must be among "
+                         f"{', '.join(ALTERNATIVE_RUNTIMES)}, for an onnxruntime target")
     if d["runtime"] == "tensorrt" and not d.get("tensorrt_versions"):
         raise UsageError(f"target {d['name']}: a TensorRT target must list tensorrt_versions")
     kw = dict(d)
-    for key in ("precisions", "batch_sizes", "tensorrt_versions"):
+    for key in ("precisions", "batch_sizes", "tensorrt_versions", "runtimes"):
         if key in kw:
             kw[key] = tuple(kw[key])
     return Target(**kw)
