@@ -220,7 +220,7 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
 
         runtime = target.runtime
         if quant.kernels_match_device and (cfg.precision_by_speed or target.runtimes):
-            precision, runtime = _fastest_here(tmp, models, precision, runtime, target, cfg, parity_x[:1],
+            precision, runtime = _fastest_here(tmp, models, precision, runtime, target, cfg, parity_x,
                                                checks, warnings)
             models = [e for e in models if e["role"] == "teacher" or e["precision"] in ("fp32", precision)]
 
@@ -253,7 +253,7 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
 
 
 def _fastest_here(tmp: Path, models: List[Dict[str, Any]], precision: str, runtime: str, target: Target,
-                  cfg: ExportConfig, x: np.ndarray, checks: Dict[str, Any], warnings: List[str]) -> Tuple[str, str]:
+                  cfg: ExportConfig, held: np.ndarray, checks: Dict[str, Any], warnings: List[str]) -> Tuple[str, str]:
     """With the export machine as the device: the student's batch-1 latency under every precision in the
     bundle and every runtime the target allows that is installed here (checks["speed"]); the bundle then
     names the fastest runtime, and, where the precision was not asked for by name, ships INT8 only if
@@ -263,9 +263,14 @@ def _fastest_here(tmp: Path, models: List[Dict[str, Any]], precision: str, runti
     students = {e["precision"]: e["file"] for e in models if e["role"] == "student"}
     runtimes = [target.runtime] + [r for r in target.runtimes if r != target.runtime and installed(r)]
     allowed = list(students) if cfg.precision_by_speed else [precision]
-    p50 = _student_p50_here(tmp, {p: students[p] for p in allowed}, x, target.threads, runtimes)
-    best_runtime, best_precision = min(((r, p) for r in runtimes for p in allowed), key=lambda rp: p50[rp[0]][rp[1]])
-    checks["speed"] = {"p50_ms": p50, "batch_size": 1, "cpu": cpu_summary().get("cpu"),
+    p50, agree = _student_p50_here(tmp, {p: students[p] for p in allowed}, held, target.threads, runtimes)
+    # Another runtime computes differently (OpenVINO: bf16 outside the INT8 layers): it must agree with the
+    # FP32 student as well as the INT8 gate asks, or it is not chosen.
+    passing = [(r, p) for r in runtimes for p in allowed
+               if r == target.runtime or agree[r][p] >= cfg.min_int8_agreement]
+    best_runtime, best_precision = min(passing, key=lambda rp: p50[rp[0]][rp[1]])
+    checks["speed"] = {"p50_ms": p50, "agreement_with_fp32": agree, "on": f"{len(held)} held-out images",
+                       "batch_size": 1, "cpu": cpu_summary().get("cpu"),
                        "chosen": {"runtime": best_runtime, "precision": best_precision},
                        "not_installed": [r for r in target.runtimes if not installed(r)]}
     if best_precision != precision:
@@ -281,20 +286,28 @@ def _fastest_here(tmp: Path, models: List[Dict[str, Any]], precision: str, runti
     return best_precision, best_runtime
 
 
-def _student_p50_here(tmp: Path, files: Dict[str, str], x: np.ndarray, threads: int,
-                      runtimes: List[str]) -> Dict[str, Dict[str, float]]:
+def _student_p50_here(tmp: Path, files: Dict[str, str], held: np.ndarray, threads: int,
+                      runtimes: List[str]) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Dict[str, float]]]:
     """Batch-1 p50 latency of each student file under each runtime, as bench measures it (a short run
-    after warm-up, alternated twice so a slow patch of the machine hits every one; the faster of the two)."""
+    after warm-up, alternated twice so a slow patch of the machine hits every one; the faster of the
+    two), and its agreement with the FP32 student on the first runtime, on the held-out images."""
     from edgekd.bench.latency import measure
     from edgekd.bench.runners import make_runner
 
-    runners = {(r, p): make_runner(r, tmp, {"file": f}, threads) for r in runtimes for p, f in files.items()}
+    runners = {(r, p): make_runner(r, tmp, {"file": f, "precision": p}, threads)
+               for r in runtimes for p, f in files.items()}
+    reference = make_runner(runtimes[0], tmp, {"file": "student.onnx", "precision": "fp32"}, threads)
+    want = np.concatenate([reference(held[i:i + 1]) for i in range(len(held))]).argmax(1)
+    agree = {key: float((np.concatenate([run(held[i:i + 1]) for i in range(len(held))]).argmax(1) == want).mean())
+             for key, run in runners.items()}
+    x = held[:1]
     best: Dict[Tuple[str, str], float] = {}
     for _ in range(2):
         for key, run in runners.items():
             ms = measure(lambda run=run: run(x), 1, warmup_s=0.2, duration_s=0.5).p50_ms
             best[key] = min(ms, best.get(key, float("inf")))
-    return {r: {p: best[(r, p)] for p in files} for r in runtimes}
+    return ({r: {p: best[(r, p)] for p in files} for r in runtimes},
+            {r: {p: agree[(r, p)] for p in files} for r in runtimes})
 
 
 def _export_teacher(src: _Source, target: Target, tmp: Path, meta: Dict[str, Any], parity_x: np.ndarray,

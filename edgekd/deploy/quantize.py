@@ -24,13 +24,16 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 class QuantizeOptions:
     calibration: str = "minmax"
     symmetric: bool = False  # TensorRT reads symmetric Q/DQ
+    signed_activations: bool = False  # int8 (not uint8) activations: S8S8, what ONNX Runtime's ARM64 kernels favour
     reduce_range: bool = False  # 7-bit weights, for x86 CPUs without VNNI
     per_channel: bool = True
     reason: str = ""  # why this scheme, for the manifest
     kernels_match_device: bool = False  # this machine's ORT INT8 kernels are the device's (same CPU class)
 
     def describe(self) -> Dict[str, Any]:
-        return {"format": "QDQ", "activations": "int8 symmetric" if self.symmetric else "uint8 asymmetric",
+        activations = ("int8 symmetric" if self.symmetric else "int8 asymmetric" if self.signed_activations
+                       else "uint8 asymmetric")
+        return {"format": "QDQ", "activations": activations,
                 "weights": ("int7" if self.reduce_range else "int8") + " symmetric"
                            + (" per-channel" if self.per_channel else " per-tensor"),
                 "reduce_range": self.reduce_range, "calibration": self.calibration, "reason": self.reason}
@@ -47,6 +50,10 @@ def choose_quantization(target: Target, calibration: str = "minmax", vnni: Optio
     if target.int8_symmetric:
         return QuantizeOptions(calibration, symmetric=True, reason=(
             "TensorRT reads symmetric Q/DQ (int8 activations and weights) and accumulates in int32"))
+    if target.int8_activations == "int8":
+        return QuantizeOptions(calibration, signed_activations=True, reason=(
+            f"{target.name}: int8 activations and int8 per-channel weights (S8S8), the form ONNX Runtime's "
+            "ARM64 INT8 kernels are made for"))
     setting = vnni or target.vnni
     if not setting:
         return QuantizeOptions(calibration, reason=f"{target.name}: uint8 activations, int8 per-channel weights "
@@ -105,7 +112,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, opts: Quan
         quantize_static(
             str(pre), str(tmp), _ArrayReader(calib.astype(np.float32)),
             quant_format=QuantFormat.QDQ, per_channel=opts.per_channel, reduce_range=opts.reduce_range,
-            activation_type=QuantType.QInt8 if opts.symmetric else QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if opts.symmetric or opts.signed_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=method,
             extra_options={"ActivationSymmetric": opts.symmetric, "WeightSymmetric": True,
                            "CalibTensorRangeSymmetric": opts.symmetric},

@@ -40,6 +40,7 @@ class Target:
     python: str = ""
     dla: bool = False
     int8_symmetric: bool = False  # TensorRT reads symmetric Q/DQ only
+    int8_activations: str = "uint8"  # "int8" on ARM CPUs: S8S8, what ONNX Runtime's ARM64 kernels favour
     # x86 ONNX Runtime targets: does the device have VNNI/AMX ("yes"), not ("no"), or is it the export
     # machine ("detect")? Without them U8S8 products saturate in int16, so INT8 uses 7-bit weights.
     vnni: str = ""
@@ -60,7 +61,7 @@ _KINDS: Dict[str, Tuple[type, Optional[type]]] = {
     "name": (str, None), "description": (str, None), "runtime": (str, None), "opset": (int, None),
     "precisions": (list, str), "default_precision": (str, None), "batch_sizes": (list, int),
     "dynamic_batch": (bool, None), "threads": (int, None), "memory_mib": (int, None), "workspace_mib": (int, None),
-    "tensorrt_versions": (list, str), "runtimes": (list, str), "python": (str, None), "dla": (bool, None), "int8_symmetric": (bool, None),
+    "tensorrt_versions": (list, str), "runtimes": (list, str), "python": (str, None), "dla": (bool, None), "int8_symmetric": (bool, None), "int8_activations": (str, None),
     "vnni": (str, None), "bench": (dict, None), "notes": (str, None),
 }
 
@@ -98,6 +99,8 @@ def _validate(d: Dict[str, Any], source: str) -> Target:
         raise UsageError(f"target {d['name']}: vnni must be one of {', '.join(repr(c) for c in VNNI_CHOICES[1:])}")
     if d.get("vnni") and d["runtime"] != "onnxruntime":
         raise UsageError(f"target {d['name']}: vnni applies to ONNX Runtime CPU targets only")
+    if d.get("int8_activations", "uint8") not in ("uint8", "int8"):
+        raise UsageError(f"target {d['name']}: int8_activations must be \"uint8\" or \"int8\"")
     if d.get("runtimes") and (d["runtime"] != "onnxruntime" or set(d["runtimes"]) - set(ALTERNATIVE_RUNTIMES)):
         raise UsageError(f"target {d['name']}: runtimes (alternatives) must be among "
                          f"{', '.join(ALTERNATIVE_RUNTIMES)}, for an onnxruntime target")
