@@ -19,7 +19,10 @@ import torch
 
 from edgekd.cpu import cpu_summary
 from edgekd.distill.config import resolve_config
+from edgekd.distill.evaluation import predict
 from edgekd.distill.loop import Distiller
+from edgekd.distill.student import student_step
+from edgekd.distill.synthesizers import generator_step
 from edgekd.models.checkpoint import LoadedModel
 from edgekd.models.registry import create_model, get_entry
 from edgekd.spec import ModelSpec
@@ -57,9 +60,9 @@ def main() -> None:
                                                    "channels_last": args.channels_last, **extra})
     with tempfile.TemporaryDirectory() as tmp:
         d = Distiller(loaded, cfg, Path(tmp))
-        g_s = _timed(d._generator_step, 2)
-        s_s = _timed(lambda: d._student_step(first=False), 4)
-        t_s = _timed(lambda: d._predict(d.m.teacher, d.m.generator(d._z(cfg.batch_size)).detach()), 2)
+        g_s = _timed(lambda: generator_step(d), 2)
+        s_s = _timed(lambda: student_step(d, first=False), 4)
+        t_s = _timed(lambda: predict(d, d.m.teacher, d.m.generator(d._z(cfg.batch_size)).detach()), 2)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             d._iteration()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40)

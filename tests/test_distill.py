@@ -65,7 +65,7 @@ def test_generator_and_replay_options_run_and_travel_to_export(tmp_path):
 
 
 def test_jitter_rolls_the_batch_within_the_limit():
-    from edgekd.distill.loop import jitter
+    from edgekd.distill.synthesizers import jitter
 
     x = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(1, 2, 32, 32)
     assert jitter(x, 0.0) is x

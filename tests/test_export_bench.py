@@ -31,6 +31,12 @@ def int8_bundle(run_dir, tmp_path_factory):
 
 def test_int8_bundle_contents(int8_bundle):
     m = load_manifest(int8_bundle)
+    drift = m["checks"]["int8"]["drift"]  # where INT8 departs most from FP32, worst first
+    assert len(drift) == 3 and drift[0]["sqnr_db"] <= drift[1]["sqnr_db"] <= drift[2]["sqnr_db"]
+    import onnx
+
+    outputs = {o for n in onnx.load(str(int8_bundle / "student.onnx")).graph.node for o in n.output}
+    assert all(d["tensor"] in outputs for d in drift)
     assert {e["file"] for e in m["models"]} == {"student.onnx", "teacher.onnx", "student.int8.onnx"}
     assert m["calibration"]["source"] == "generator" and m["calibration"]["count"] == 128
     assert np.load(int8_bundle / "calib.npy").shape == (128, 1, 32, 32)
@@ -128,9 +134,11 @@ def test_export_errors(run_dir, tmp_path, demo_teacher_path):
     with pytest.raises(DataError, match="at least 8"):
         export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_data=str(tmp_path / "wrong.npz")),
                       tmp_path / "d")
-    with pytest.raises(QualityError, match="refusing"):  # an impossible threshold trips the check
+    with pytest.raises(QualityError, match="refusing") as refused:  # an impossible threshold trips the check
         export_bundle(run_dir, ExportConfig(get_target("x86-cpu"), "int8", calib_count=32, min_int8_agreement=1.01),
                       tmp_path / "e")
+    # The refusal names the tensors that drift most from FP32 (test_int8_bundle_contents: graph names).
+    assert str(refused.value).split("drifting most from FP32: ")[1].split(");")[0].count(" dB)") == 3
     assert not any(p.name.startswith(("a", "b", "c", "d", "e")) for p in tmp_path.iterdir() if p.is_dir()
                    and p.name != "empty_run"), list(tmp_path.iterdir())  # nothing half-written
 
@@ -324,3 +332,17 @@ def test_unknown_runtime_is_one_line():
 
     with pytest.raises(UsageError, match="choose onnxruntime, openvino, tensorrt"):
         bundle_runtimes("onnx", {})
+
+
+def test_bench_profile_says_where_the_time_goes(int8_bundle, tmp_path):
+    result = runner.invoke(app, ["bench", str(int8_bundle), "--iterations", "3", "--warmup", "0", "--batch-sizes", "1",
+                                 "--no-timing-check", "--profile", "--json", str(tmp_path / "r.json"),
+                                 "--markdown", str(tmp_path / "r.md")])
+    assert result.exit_code == 0, result.output
+    profiles = json.loads((tmp_path / "r.json").read_text())["operator_profiles"]
+    assert [p["model"] for p in profiles] == ["teacher fp32", "student fp32", "student int8"]
+    for p in profiles:
+        assert abs(sum(p["shares"].values()) - 1.0) < 1e-6
+        assert list(p["shares"].values()) == sorted(p["shares"].values(), reverse=True)
+    assert "Conv" in profiles[0]["shares"] and "QLinearConv" in profiles[2]["shares"]  # INT8 kernels in the INT8 model
+    assert "time by operator, x86-int8 teacher fp32" in result.output and "time by operator type" in (tmp_path / "r.md").read_text()

@@ -34,6 +34,7 @@ class BenchConfig:
     threads: int = 0
     max_images: Optional[int] = None
     verify_timing: bool = True
+    operator_profile: bool = False  # onnxruntime: each model's time by operator type (batch 1)
 
 
 @dataclass
@@ -44,11 +45,12 @@ class BenchResult:
     evaluation: Dict[str, Any]
     timing_check: List[Dict[str, Any]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    operator_profiles: List[Dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"edgekd_version": __version__, "environment": self.environment, "evaluation": self.evaluation,
                 "rows": self.rows, "verdicts": self.verdicts, "timing_check": self.timing_check,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "operator_profiles": self.operator_profiles}
 
 
 def _peak_rss_mb() -> Optional[float]:
@@ -136,6 +138,7 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
             raise UsageError(f"{name} must be a finite number of seconds >= 0")
     rows: List[Dict[str, Any]] = []
     checks: List[Dict[str, Any]] = []
+    profiles: List[Dict[str, Any]] = []
     runtimes: Dict[str, Any] = {}
     evaluation: Dict[str, Any] = {}
     warnings: List[str] = []
@@ -182,12 +185,15 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
                                     {"model": label, "batch": bs, "p50_ms": round(stats.p50_ms, 3)})
                 if cfg.verify_timing and hasattr(runner, "profiled_mean_ms"):
                     checks.append(_timing_check(runner, ev["x"], label, bundle.name, cfg))
+                if cfg.operator_profile and hasattr(runner, "operator_profile"):
+                    profiles.append({"bundle": bundle.name, "model": label, "batch_size": 1,
+                                     "shares": runner.operator_profile(_batch(ev["x"], 1))})
         rows += bundle_rows
     env = environment(cfg.threads)
     env["runtimes"] = runtimes
     env["peak_rss_mb"] = _peak_rss_mb()
     env["torch_imported"] = "torch" in sys.modules
-    return BenchResult(rows, verdicts_for(rows), env, evaluation, checks, warnings)
+    return BenchResult(rows, verdicts_for(rows), env, evaluation, checks, warnings, profiles)
 
 
 def _timing_check(runner: Any, x: np.ndarray, label: str, bundle: str, cfg: BenchConfig) -> Dict[str, Any]:

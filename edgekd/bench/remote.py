@@ -132,6 +132,7 @@ def _edgekd_command(exe: str, names: Sequence[str], cfg: BenchConfig, has_data: 
     args += ["--iterations", str(cfg.iterations)] if cfg.iterations else ["--duration", str(cfg.duration_s)]
     args += ["--data", "data.npz"] if has_data else []
     args += [] if cfg.verify_timing else ["--no-timing-check"]
+    args += ["--profile"] if cfg.operator_profile else []
     exe_sh = exe if exe.startswith("$") else shell_path(exe)
     # The device's table goes to a log there; the JSON alone comes back and is drawn here.
     return f"{exe_sh} {' '.join(map(shlex.quote, args))} >bench.log 2>&1 || {{ tail -n 1 bench.log >&2; exit 1; }}; cat result.json"
@@ -207,7 +208,7 @@ def _parse(raw: bytes, remote: Remote) -> BenchResult:
     d = _parse_json(raw, remote)
     try:
         return BenchResult(d["rows"], d["verdicts"], d["environment"], d["evaluation"], d.get("timing_check", []),
-                           d.get("warnings", []))
+                           d.get("warnings", []), d.get("operator_profiles", []))
     except (KeyError, TypeError):
         raise RemoteError(f"the bench on {remote.destination} returned JSON without rows/verdicts "
                           "(another edgekd version there? pip install -U edgekd)") from None

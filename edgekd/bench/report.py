@@ -55,6 +55,11 @@ def to_markdown(result: BenchResult) -> str:
             lines.append(f"| {c['bundle']} {c['model']} | {c['edgekd_mean_ms']:.4f} | {c['loop_mean_ms']:.4f} | "
                          f"{c['loop_difference']:+.1%} | {c['onnxruntime_profiler_mean_ms']:.4f} | "
                          f"{c['profiler_difference']:+.1%} |")
+    if result.operator_profiles:
+        lines += ["", "| time by operator type (batch 1, onnxruntime profiler) | top operators |", "|---|---|"]
+        for p in result.operator_profiles:
+            lines.append(f"| {p['bundle']} {p['model']} | "
+                         + ", ".join(f"{op} {share:.1%}" for op, share in list(p["shares"].items())[:8]) + " |")
     lines += [f"\n**Warning:** {w}" for w in result.warnings]
     env = result.environment
     lines += ["", f"Environment: {env.get('cpu')}, {env.get('cpu_count')} CPUs, flags {' '.join(env.get('cpu_flags') or []) or 'n/a'}, "

@@ -44,17 +44,35 @@ class OrtRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
 
-    def profiled_mean_ms(self, x: np.ndarray, runs: int = 50) -> float:
-        """Mean per-run time from onnxruntime's own profiler (its 'model_run' events), for a
-        separate session with the same options: an independent check of our wall-clock timing."""
+    def _trace(self, x: np.ndarray, runs: int) -> List[Dict[str, Any]]:
+        """onnxruntime's profiler events for `runs` runs (after 5 unrecorded ones' worth of warm-up),
+        from a separate session with the same options."""
         with tempfile.TemporaryDirectory() as tmp:
             sess = self._session(os.path.join(tmp, "prof"))
             for _ in range(runs + 5):
                 sess.run(None, {self.input_name: x})
             trace = sess.end_profiling()
-            events = json.loads(Path(trace).read_text())
-        runs_us = [e["dur"] for e in events if e.get("name") == "model_run"][5:]
+            return json.loads(Path(trace).read_text())
+
+    def profiled_mean_ms(self, x: np.ndarray, runs: int = 50) -> float:
+        """Mean per-run time from onnxruntime's own profiler (its 'model_run' events): an independent
+        check of our wall-clock timing."""
+        runs_us = [e["dur"] for e in self._trace(x, runs) if e.get("name") == "model_run"][5:]
         return float(np.mean(runs_us)) / 1e3
+
+    def operator_profile(self, x: np.ndarray, runs: int = 50) -> Dict[str, float]:
+        """Where the time goes: each operator type's share of the kernel time, largest first (onnxruntime's
+        per-node 'kernel_time' events; the first 5 runs' left out as warm-up)."""
+        events = self._trace(x, runs)
+        starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+        after = starts[5] if len(starts) > 5 else 0
+        totals: Dict[str, float] = {}
+        for e in events:
+            if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e["ts"] >= after:
+                op = e.get("args", {}).get("op_name", "?")
+                totals[op] = totals.get(op, 0.0) + e["dur"]
+        whole = sum(totals.values()) or 1.0
+        return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
     def environment(self) -> Dict[str, Any]:
         return {"runtime": "onnxruntime", "version": self._ort.__version__, "provider": self.provider,

@@ -39,6 +39,7 @@ def bench_cmd(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of accuracy against latency."),
     no_timing_check: bool = typer.Option(False, "--no-timing-check", help="Skip the cross-check against onnxruntime's profiler."),
+    profile: bool = typer.Option(False, "--profile", help="Where each model's time goes, by operator type (onnxruntime's profiler, batch 1)."),
     remote: Optional[str] = typer.Option(None, "--remote", help="Bench on a device over ssh: user@host[:dir] (dir default edgekd-bench, edgekd's own there)."),
     ssh_options: Optional[List[str]] = typer.Option(None, "--ssh-option", help="ssh_config Key=Value for --remote, repeatable (Port=2222, IdentityFile=~/.ssh/jetson)."),
     remote_edgekd: Optional[str] = typer.Option(None, "--remote-edgekd", help="The edgekd command on the device when not on ssh's PATH (e.g. ~/venv/bin/edgekd)."),
@@ -50,7 +51,7 @@ def bench_cmd(
     from edgekd.cli.rich_progress import RichProgress
 
     cfg = BenchConfig(data, runtime, _parse_sizes(batch_sizes), warmup, None if iterations else duration,
-                      iterations, threads, max_images, not no_timing_check)
+                      iterations, threads, max_images, not no_timing_check, profile)
     if remote:
         target = Remote.parse(remote, ssh_options or ())
         result = bench_remote(bundles or [Path(".")], cfg, target, remote_edgekd, RichProgress(console))
@@ -91,6 +92,9 @@ def print_result(result: Any) -> None:
         console.print(f"[bold]{v['bundle']} {v['model']}[/] at batch {v['batch_size']}: "
                       f"[green]{v['speedup_p50']:.2f}x[/] the teacher's speed (p50), "
                       f"{v['metric']} {v['accuracy_change']:+.2%}, {v['size_ratio']:.1f}x smaller")
+    for p in result.operator_profiles:
+        top = ", ".join(f"{op} {share:.0%}" for op, share in list(p["shares"].items())[:5])
+        console.print(f"time by operator, {p['bundle']} {p['model']} (batch 1): {top}")
     for c in result.timing_check:
         console.print(f"timing check {c['model']} (batch 1): edgekd {c['edgekd_mean_ms']:.4f} ms, loop-timed "
                       f"{c['loop_mean_ms']:.4f} ms ({c['loop_difference']:+.1%}), onnxruntime profiler "

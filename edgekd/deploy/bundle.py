@@ -28,7 +28,13 @@ from edgekd.cpu import cpu_summary
 from edgekd.data.datasets import check_dataset_fits, load_dataset, prepare_images
 from edgekd.deploy.manifest import BUNDLE_FORMAT, load_manifest
 from edgekd.deploy.onnx_export import check_parity, export_onnx
-from edgekd.deploy.quantize import check_calibration_set, choose_quantization, compare_int8, quantize_int8
+from edgekd.deploy.quantize import (
+    check_calibration_set,
+    choose_quantization,
+    compare_int8,
+    drifting_layers,
+    quantize_int8,
+)
 from edgekd.deploy.targets import Target
 from edgekd.errors import EdgekdError, InputFileError, QualityError, UsageError
 from edgekd.fileio import atomic_dir, check_replaceable, sha256_file, write_json, write_text
@@ -207,10 +213,13 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
             if eval_x is not None:
                 real = compare_int8(tmp / "student.onnx", tmp / "student.int8.onnx", eval_x, cfg.eval_data, eval_y)
                 checks["int8_real"] = real.to_dict()
+            checks["int8"]["drift"] = drifting_layers(tmp / "student.onnx", tmp / "student.int8.onnx", held[:16])
             problem = _int8_problem(checks, cfg, quant.kernels_match_device)
             if problem and not cfg.force:
-                raise QualityError(f"{problem}: refusing to write the INT8 bundle; try --calibration entropy or "
-                                   "percentile, more --calib images, --precision fp32, or --force to keep it anyway")
+                worst = ", ".join(f"{d['tensor']} ({d['sqnr_db']:g} dB)" for d in checks["int8"]["drift"])
+                raise QualityError(f"{problem}: refusing to write the INT8 bundle (drifting most from FP32: {worst}); "
+                                   "try --calibration entropy or percentile, more --calib images, --precision fp32, "
+                                   "or --force to keep it anyway")
             if problem:
                 warnings.append(f"WARNING: {problem} (kept because of --force)")
             models.append(_model_entry("student", "int8", "student.int8.onnx", src.student, spec))

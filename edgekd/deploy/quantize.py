@@ -7,7 +7,7 @@ import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterator, Optional
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional
 
 import numpy as np
 
@@ -160,3 +160,31 @@ def compare_int8(fp32_path: Path, int8_path: Path, x: np.ndarray, on: str,
         report.int8_accuracy = float((exact == labels).mean())
         report.kernel_int8_accuracy = float((kernels == labels).mean())
     return report
+
+
+def drifting_layers(fp32_path: Path, int8_path: Path, x: np.ndarray, top: int = 3) -> List[Dict[str, Any]]:
+    """The activations where the INT8 model departs most from the FP32 one: signal-to-quantization-noise
+    ratio (dB; lower is worse) of each tensor the two graphs share, FP32 against QDQ, over the images, as
+    onnxruntime.quantization.qdq_loss_debug measures it; with the loss of that tensor's own Q/DQ pair."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = {}
+        for name, path in (("float", fp32_path), ("qdq", int8_path)):
+            augmented = Path(tmp) / f"{name}.onnx"
+            modify_model_output_intermediate_tensors(str(path), str(augmented))
+            saved[name] = collect_activations(str(augmented), _ArrayReader(x.astype(np.float32), batch=len(x)))
+    matched = create_activation_matching(saved["qdq"], saved["float"])
+    rows = []
+    for tensor, m in matched.items():
+        if m.get("float") is None or m.get("pre_qdq") is None or m.get("post_qdq") is None:
+            continue  # renamed by the pre-processing, or not quantized
+        rows.append({"tensor": tensor,
+                     "sqnr_db": round(compute_signal_to_quantization_noice_ratio(m["float"], m["post_qdq"]), 1),
+                     "own_qdq_sqnr_db": round(compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"]), 1)})
+    return sorted(rows, key=lambda r: r["sqnr_db"])[:top]

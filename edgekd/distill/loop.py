@@ -1,11 +1,15 @@
-"""The one distillation loop. Every method is this loop with other weights (presets.py).
+"""The run driver: one distillation loop for every method (presets.py holds their weights).
 
 Per iteration:
-  Stage G (g_steps): x = G(z); G minimises  w_oh*oh + w_act*act + w_bal*bal + w_bn*bn + w_adv*adv.
-  Stage S (s_steps): on fresh G samples (or G's own batch when shared_batch) mixed with replay
-    memory, S minimises kd(S, T) + w_at*AT + w_gan*fool(D); D then learns T-probs from S-probs.
-Around it: an in-memory last-good snapshot for NaN recovery, collapse detection, periodic atomic
-checkpoints, exact resume, and Ctrl-C that stops at an iteration boundary and saves.
+  synthesis (synthesizers.py): the preset's synthesizer makes a batch of images and trains what makes
+    them (the generator, or Fast-Datafree's meta-generator), leaving (images, teacher logits);
+  student (student.py): s_steps steps on that batch mixed with replay memory, KD to the teacher
+    (+ attention transfer, discriminator), EMA;
+  evaluation (evaluation.py), on its schedule: real accuracy when given, agreement on held-out synthetic
+    images and on the pool of earlier generators' images, which picks the student kept.
+Around it, here: an in-memory last-good snapshot for NaN recovery, collapse detection, periodic atomic
+checkpoints, exact resume, Ctrl-C/SIGTERM that stops at an iteration boundary and saves, and the
+agreement between processes under torchrun (distributed.py).
 """
 
 from __future__ import annotations
@@ -23,12 +27,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from edgekd import __version__
 from edgekd.data.datasets import LabelledImages, check_dataset_fits, prepare_images
-from edgekd.distill import losses as L
-from edgekd.distill.augment import AUGMENTS
+from edgekd.distill import evaluation, student
 from edgekd.distill.config import DistillConfig
 from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.distributed import World
@@ -46,8 +48,6 @@ from edgekd.progress import Progress
 from edgekd.rundir import RunDir
 from edgekd.spec import ModelSpec
 
-_POOL_BYTES = 64 * 2 ** 20  # held-out pool of earlier generators' images (evaluate)
-_MIN_POOL = 128  # fewer pool images than this decide nothing: agreement on a handful is noise
 _OPTIMIZERS = {
     "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay),
     "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
@@ -151,16 +151,6 @@ def _set_lr(opt: Optional[torch.optim.Optimizer], lr: float) -> None:
 
 def _finite_params(module: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in module.parameters())
-
-
-def jitter(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """DeepInversion's jitter: roll the whole batch by a random shift of up to `fraction` of each side,
-    so the generator must make images the teacher reads the same way wherever the object sits."""
-    dy, dx = (round(fraction * n) for n in x.shape[-2:])
-    if not (dy or dx):
-        return x
-    shift = [int(torch.randint(-d, d + 1, ())) for d in (dy, dx)]
-    return torch.roll(x, shifts=shift, dims=(2, 3))
 
 
 def _check_student_takes(student: nn.Module, name: str, spec: ModelSpec) -> None:
@@ -310,122 +300,6 @@ class Distiller:
         return self.plans[role].tensor(x)
 
     # ---------------------------------------------------------------- one iteration
-    def _generator_step(self) -> Dict[str, torch.Tensor]:
-        cfg, m = self.cfg, self.m
-        m.student.requires_grad_(False)  # G's loss must not spend time on student gradients
-        if self.bn_hook:
-            self.bn_hook.enabled = True
-        with self.plans["teacher"].autocast():
-            x = jitter(m.generator(self._z(cfg.batch_size)), cfg.g_jitter)
-            t_logits = m.teacher(self._fmt(x, "teacher"))
-        with self.plans["student"].autocast():
-            s_logits = m.student(self._fmt(x, "student")) if cfg.w_adv else None
-        if self.bn_hook:
-            self.bn_hook.enabled = False
-        terms: Dict[str, torch.Tensor] = {}
-        if cfg.w_oh:
-            terms["oh"] = L.one_hot_loss(t_logits)
-        if cfg.w_act:
-            terms["act"] = L.activation_loss(self.feat_hook.features)
-        if cfg.w_bal:
-            terms["bal"] = L.balance_loss(t_logits)
-        if cfg.w_bn:
-            terms["bn"] = L.BN_LOSSES[cfg.bn_loss](self.bn_hook.pop())
-        if cfg.w_adv:
-            terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
-        weights = {"oh": cfg.w_oh, "act": cfg.w_act, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv}
-        loss = sum(weights[k] * v for k, v in terms.items())
-        m.opt_g.zero_grad(set_to_none=True)
-        if torch.is_tensor(loss) and loss.requires_grad:
-            self.scalers["g"].scale(loss).backward()
-            self.world.average_gradients(m.generator.parameters())
-            self.scalers["g"].step(m.opt_g)
-            self.scalers["g"].update()
-        m.student.requires_grad_(True)
-        self._last_batch = (x.detach(), t_logits.detach())
-        terms["loss_g"] = loss.detach() if torch.is_tensor(loss) else torch.zeros(())
-        terms["top_class_share"] = torch.bincount(t_logits.argmax(1), minlength=self.spec.num_classes).max() / len(x)
-        return {k: v.detach() for k, v in terms.items()}
-
-    def _student_batch(self, first: bool) -> tuple:
-        """shared_batch: the first S step learns from G's own batch, later ones from replay memory
-        (no extra generator passes: G costs 20x the student at 32x32). Otherwise every S step
-        draws fresh samples, as DFAD/ZSKT do."""
-        cfg, m = self.cfg, self.m
-        if cfg.shared_batch and not first:
-            if len(self.memory) >= cfg.batch_size:
-                return self._replayed(cfg.batch_size)
-            return self._last_batch
-        if cfg.shared_batch:
-            x, t = self._last_batch
-        else:
-            with torch.no_grad(), self.plans["teacher"].autocast():
-                x = m.generator(self._z(cfg.batch_size))
-                t = m.teacher(self._fmt(x, "teacher"))
-        self.memory.push(x, t)
-        n_old = int(cfg.batch_size * cfg.replay_fraction) if len(self.memory) >= 2 * cfg.batch_size else 0
-        if n_old:
-            x_old, t_old = self._replayed(n_old)
-            x = torch.cat([x[: len(x) - n_old], x_old.to(x.dtype)])
-            t = torch.cat([t[: len(t) - n_old].float(), t_old])
-        return x, t
-
-    def _replayed(self, n: int) -> tuple:
-        """n images from replay memory; with s_augment, augmented and labelled again by the teacher."""
-        x, t = self.memory.sample(n)
-        if self.cfg.s_augment == "none":
-            return x, t
-        x = AUGMENTS[self.cfg.s_augment](x)
-        with torch.no_grad(), self.plans["teacher"].autocast():
-            return x, self.m.teacher(self._fmt(x, "teacher")).float()
-
-    def _student_step(self, first: bool) -> Dict[str, torch.Tensor]:
-        cfg, m = self.cfg, self.m
-        x, t_logits = self._student_batch(first)
-        if self.at_t is not None:
-            self.at_t.enabled = self.at_s.enabled = True
-            with torch.no_grad(), self.plans["teacher"].autocast():
-                m.teacher(self._fmt(x, "teacher"))  # AT needs the teacher's feature maps of this very batch
-        with self.plans["student"].autocast():
-            s_logits = m.student(self._fmt(x, "student"))
-        terms = {"kd": L.DIVERGENCES[cfg.kd_loss](s_logits, t_logits, cfg.tau)}
-        if self.at_t is not None:
-            self.at_t.enabled = self.at_s.enabled = False
-            terms["at"] = L.attention_transfer_loss(self.at_s.pop(), self.at_t.pop())
-        if m.disc is not None:
-            p_s = F.softmax(s_logits.float() / cfg.tau, dim=1)
-            terms["gan"] = L.fool_discriminator_loss(m.disc(p_s))
-        loss = terms["kd"] + cfg.w_at * terms.get("at", 0.0) + cfg.w_gan * terms.get("gan", 0.0)
-        m.opt_s.zero_grad(set_to_none=True)
-        self.scalers["s"].scale(loss).backward()
-        self.world.average_gradients(m.student.parameters())
-        self.scalers["s"].step(m.opt_s)
-        self.scalers["s"].update()
-        if m.disc is not None:
-            p_t = F.softmax(t_logits.float() / cfg.tau, dim=1)
-            d_loss = L.discriminator_loss(m.disc(p_t), m.disc(p_s.detach()))
-            m.opt_d.zero_grad(set_to_none=True)
-            self.scalers["d"].scale(d_loss).backward()
-            self.world.average_gradients(m.disc.parameters())
-            self.scalers["d"].step(m.opt_d)
-            self.scalers["d"].update()
-            terms["loss_d"] = d_loss
-        terms["loss_s"] = loss
-        self._update_ema()
-        return {k: v.detach() for k, v in terms.items()}
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """Polyak averaging of the student: smooths the step-to-step wobble of adversarial training."""
-        ema = self.m.ema
-        if ema is None:
-            return
-        self.ema_updates += 1
-        decay = min(self.cfg.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
-        torch._foreach_lerp_(list(ema.parameters()), list(self.m.student.parameters()), 1 - decay)
-        for b_ema, b in zip(ema.buffers(), self.m.student.buffers()):
-            b_ema.copy_(b)
-
     def _iteration(self) -> Dict[str, float]:
         cfg = self.cfg
         factor = _lr_factor(cfg, self.step, self.elapsed) * self.lr_scale
@@ -441,7 +315,7 @@ class Distiller:
         terms.update(SYNTHESIZERS[cfg.synthesizer](self))
         t1 = self._now(timing)
         for i in range(self.s_steps):
-            terms.update(self._student_step(first=i == 0))
+            terms.update(student.student_step(self, first=i == 0))
         if timing:
             self._choose_s_steps(t1 - t0, (self._now(timing) - t1) / self.s_steps)
         names = list(terms)
@@ -507,77 +381,6 @@ class Distiller:
         self._log({"step": self.step, "time": round(self.elapsed, 2), "event": text})
 
     # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def _predict(self, model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-        role = "teacher" if model is self.m.teacher else "student"
-        model.eval()
-        out = []
-        for i in range(0, len(x), batch):
-            with self.plans[role].autocast():
-                out.append(model(self._fmt(x[i:i + batch], role)).argmax(1))
-        return torch.cat(out)
-
-    def evaluate(self, model: Optional[nn.Module] = None) -> Dict[str, float]:
-        """Real test accuracy when eval data was given; agreement with the teacher on held-out
-        synthetic images always, and on the pool of earlier generators' images, which decides the
-        student kept (keep_best). `model`: another student to score, the run's state untouched."""
-        scoring_run = model is None
-        model = self.m.final_student if model is None else model
-        result: Dict[str, float] = {}
-        if self.eval_x is not None:
-            pred = self._predict(model, self.eval_x)
-            result["accuracy"] = float((pred == self.eval_y).float().mean())
-            if self.teacher_pred_real is None:  # the teacher is frozen: predict the real set once
-                self.teacher_pred_real = self._predict(self.m.teacher, self.eval_x)
-                self.teacher_accuracy = float((self.teacher_pred_real == self.eval_y).float().mean())
-            result["agreement_real"] = float((pred == self.teacher_pred_real).float().mean())
-        gen = copy.deepcopy(self.m.generator).train()  # batch statistics, like training; G itself untouched
-        with torch.no_grad(), self.plans["teacher"].autocast():
-            x = torch.cat([gen(self.eval_z[i:i + 256]) for i in range(0, len(self.eval_z), 256)]).float()
-        t_pred = self._predict(self.m.teacher, x)
-        agree = self._predict(model, x) == t_pred
-        result["agreement_synthetic"] = float(agree.float().mean())
-        if len(self.pool_x):
-            result["agreement_pool"] = self._pool_agreement(model)
-        if scoring_run:
-            if self.cfg.keep_best and len(self.pool_x) >= min(_MIN_POOL, self._pool_cap()):
-                self._consider_best(result["agreement_pool"])
-            self._grow_pool(x, t_pred)
-        if self.best_step is not None:
-            result["best_step"] = self.best_step
-        self.m.student.train()
-        return result
-
-    def _pool_agreement(self, model: nn.Module) -> float:
-        return float((self._predict(model, self.pool_x) == self.pool_t).float().mean())
-
-    def _consider_best(self, score: float) -> None:
-        """The current student replaces the kept one when it agrees with the teacher on at least as
-        many pool images as the kept one does on the same pool (scored again: the pool has grown)."""
-        if self.best_model is not None and self._pool_agreement(self.best_model) > score:
-            return
-        if self.best_model is None:
-            self.best_model = copy.deepcopy(self.m.final_student).requires_grad_(False)
-        self.best_model.load_state_dict(self.m.final_student.state_dict())
-        self.best_step = self.step
-
-    def _pool_cap(self) -> int:
-        """2048 images at 32 px; fewer for large inputs (111 at 3x224x224), so the pool stays <= 64 MB."""
-        per_image = 4 * math.prod(self.spec.input_shape)
-        return max(64, min(2048, _POOL_BYTES // per_image))
-
-    def _grow_pool(self, x: torch.Tensor, t_pred: torch.Tensor) -> None:
-        """A fixed share of each evaluation's held-out images joins a pool that the later students are
-        scored on: images of frozen earlier generators, so a student that forgets them scores lower
-        even when it matches today's generator. Thinned at random when full, so it spans the run."""
-        cap = self._pool_cap()
-        take = max(8, cap // 16)
-        self.pool_x = torch.cat([self.pool_x, x[:take].float()])
-        self.pool_t = torch.cat([self.pool_t, t_pred[:take]])
-        if len(self.pool_x) > cap:
-            keep = torch.randperm(len(self.pool_x), generator=self._pool_rng)[:cap].sort().values.to(x.device)
-            self.pool_x, self.pool_t = self.pool_x[keep], self.pool_t[keep]
-
     # ---------------------------------------------------------------- persistence
     def _log(self, record: Dict[str, Any]) -> None:
         self.history.append(record)
@@ -768,7 +571,7 @@ class Distiller:
                 record = {"step": self.step, "time": round(self.elapsed, 2),
                           **{k: round(v, 5) for k, v in losses.items()}}
                 if self.world.main and (now - last_eval >= cfg.eval_every_s or self._done()):
-                    latest = self.evaluate()
+                    latest = evaluation.evaluate(self)
                     record.update(latest)
                     last_eval = time.monotonic()
                     self._warn_if_chance(latest)
@@ -794,11 +597,11 @@ class Distiller:
             return DistillResult(self.rundir.path, self.rundir / RunDir.STUDENT, self.step, self.elapsed, interrupted,
                                  {}, None, list(self.events), self.plan_reason)
         if not latest or interrupted:
-            latest = self.evaluate()
+            latest = evaluation.evaluate(self)
         chosen = self.m.final_student
         if self.best_model is not None and self.best_step != self.step:
             last = latest.get("agreement_pool", 0.0)
-            latest = self.evaluate(self.best_model)
+            latest = evaluation.evaluate(self, self.best_model)
             chosen = self.best_model
             self._event(f"kept the student of step {self.best_step}: it agrees with the teacher on "
                         f"{latest['agreement_pool']:.1%} of earlier generators' images, the last one on {last:.1%}")

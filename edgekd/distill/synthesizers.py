@@ -5,7 +5,7 @@ student stage, and returns its loss terms for the log. Its state lives in the Di
 and generator optimiser, so checkpoints and exact resume cover it with nothing more.
 
 - generator: one generator trained across the run (DAFL, DFAD, ZSKT, DFQ, the adversarial default);
-  g_steps steps per iteration, each on fresh latents. Implemented by Distiller._generator_step.
+  g_steps steps per iteration, each on fresh latents (generator_step).
 - meta: Fast-Datafree (Fang et al., "Up to 100x Faster Data-free Knowledge Distillation", AAAI 2022;
   zju-vipa/Fast-Datafree, datafree/synthesis/fast_meta.py). Each iteration clones the meta generator,
   optimises the clone and a learnable latent batch for g_steps inner steps (BN statistics, CE
@@ -29,10 +29,58 @@ if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
 
 
+def jitter(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """DeepInversion's jitter: roll the whole batch by a random shift of up to `fraction` of each side,
+    so the generator must make images the teacher reads the same way wherever the object sits."""
+    dy, dx = (round(fraction * n) for n in x.shape[-2:])
+    if not (dy or dx):
+        return x
+    shift = [int(torch.randint(-d, d + 1, ())) for d in (dy, dx)]
+    return torch.roll(x, shifts=shift, dims=(2, 3))
+
+
+def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
+    cfg, m = d.cfg, d.m
+    m.student.requires_grad_(False)  # G's loss must not spend time on student gradients
+    if d.bn_hook:
+        d.bn_hook.enabled = True
+    with d.plans["teacher"].autocast():
+        x = jitter(m.generator(d._z(cfg.batch_size)), cfg.g_jitter)
+        t_logits = m.teacher(d._fmt(x, "teacher"))
+    with d.plans["student"].autocast():
+        s_logits = m.student(d._fmt(x, "student")) if cfg.w_adv else None
+    if d.bn_hook:
+        d.bn_hook.enabled = False
+    terms: Dict[str, torch.Tensor] = {}
+    if cfg.w_oh:
+        terms["oh"] = L.one_hot_loss(t_logits)
+    if cfg.w_act:
+        terms["act"] = L.activation_loss(d.feat_hook.features)
+    if cfg.w_bal:
+        terms["bal"] = L.balance_loss(t_logits)
+    if cfg.w_bn:
+        terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop())
+    if cfg.w_adv:
+        terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
+    weights = {"oh": cfg.w_oh, "act": cfg.w_act, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv}
+    loss = sum(weights[k] * v for k, v in terms.items())
+    m.opt_g.zero_grad(set_to_none=True)
+    if torch.is_tensor(loss) and loss.requires_grad:
+        d.scalers["g"].scale(loss).backward()
+        d.world.average_gradients(m.generator.parameters())
+        d.scalers["g"].step(m.opt_g)
+        d.scalers["g"].update()
+    m.student.requires_grad_(True)
+    d._last_batch = (x.detach(), t_logits.detach())
+    terms["loss_g"] = loss.detach() if torch.is_tensor(loss) else torch.zeros(())
+    terms["top_class_share"] = torch.bincount(t_logits.argmax(1), minlength=d.spec.num_classes).max() / len(x)
+    return {k: v.detach() for k, v in terms.items()}
+
+
 def generator_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     terms: Dict[str, torch.Tensor] = {}
     for _ in range(d.cfg.g_steps):
-        terms.update(d._generator_step())
+        terms.update(generator_step(d))
     return terms
 
 

@@ -1,0 +1,100 @@
+"""How a run judges its student without real data (and with it, when given to measure only).
+
+Real test accuracy when eval data was given; agreement with the teacher on held-out synthetic images
+(fixed latents, never trained on) always; and agreement on a pool of earlier generators' held-out
+images, which decides the student kept (keep_best): a student that forgets what earlier generators
+showed scores lower there even when it matches today's generator. Functions over the Distiller's
+state, like synthesizers.py; the pool and the kept student are saved in its checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:
+    from edgekd.distill.loop import Distiller
+
+_POOL_BYTES = 64 * 2 ** 20  # held-out pool of earlier generators' images
+_MIN_POOL = 128  # fewer pool images than this decide nothing: agreement on a handful is noise
+
+
+@torch.no_grad()
+def predict(d: Distiller, model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    role = "teacher" if model is d.m.teacher else "student"
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        with d.plans[role].autocast():
+            out.append(model(d._fmt(x[i:i + batch], role)).argmax(1))
+    return torch.cat(out)
+
+
+def evaluate(d: Distiller, model: Optional[nn.Module] = None) -> Dict[str, float]:
+    """Real test accuracy when eval data was given; agreement with the teacher on held-out
+    synthetic images always, and on the pool of earlier generators' images, which decides the
+    student kept (keep_best). `model`: another student to score, the run's state untouched."""
+    scoring_run = model is None
+    model = d.m.final_student if model is None else model
+    result: Dict[str, float] = {}
+    if d.eval_x is not None:
+        pred = predict(d, model, d.eval_x)
+        result["accuracy"] = float((pred == d.eval_y).float().mean())
+        if d.teacher_pred_real is None:  # the teacher is frozen: predict the real set once
+            d.teacher_pred_real = predict(d, d.m.teacher, d.eval_x)
+            d.teacher_accuracy = float((d.teacher_pred_real == d.eval_y).float().mean())
+        result["agreement_real"] = float((pred == d.teacher_pred_real).float().mean())
+    gen = copy.deepcopy(d.m.generator).train()  # batch statistics, like training; G itself untouched
+    with torch.no_grad(), d.plans["teacher"].autocast():
+        x = torch.cat([gen(d.eval_z[i:i + 256]) for i in range(0, len(d.eval_z), 256)]).float()
+    t_pred = predict(d, d.m.teacher, x)
+    agree = predict(d, model, x) == t_pred
+    result["agreement_synthetic"] = float(agree.float().mean())
+    if len(d.pool_x):
+        result["agreement_pool"] = pool_agreement(d, model)
+    if scoring_run:
+        if d.cfg.keep_best and len(d.pool_x) >= min(_MIN_POOL, pool_cap(d)):
+            _consider_best(d, result["agreement_pool"])
+        _grow_pool(d, x, t_pred)
+    if d.best_step is not None:
+        result["best_step"] = d.best_step
+    d.m.student.train()
+    return result
+
+
+def pool_agreement(d: Distiller, model: nn.Module) -> float:
+    return float((predict(d, model, d.pool_x) == d.pool_t).float().mean())
+
+
+def _consider_best(d: Distiller, score: float) -> None:
+    """The current student replaces the kept one when it agrees with the teacher on at least as
+    many pool images as the kept one does on the same pool (scored again: the pool has grown)."""
+    if d.best_model is not None and pool_agreement(d, d.best_model) > score:
+        return
+    if d.best_model is None:
+        d.best_model = copy.deepcopy(d.m.final_student).requires_grad_(False)
+    d.best_model.load_state_dict(d.m.final_student.state_dict())
+    d.best_step = d.step
+
+
+def pool_cap(d: Distiller) -> int:
+    """2048 images at 32 px; fewer for large inputs (111 at 3x224x224), so the pool stays <= 64 MB."""
+    per_image = 4 * math.prod(d.spec.input_shape)
+    return max(64, min(2048, _POOL_BYTES // per_image))
+
+
+def _grow_pool(d: Distiller, x: torch.Tensor, t_pred: torch.Tensor) -> None:
+    """A fixed share of each evaluation's held-out images joins a pool that the later students are
+    scored on: images of frozen earlier generators, so a student that forgets them scores lower
+    even when it matches today's generator. Thinned at random when full, so it spans the run."""
+    cap = pool_cap(d)
+    take = max(8, cap // 16)
+    d.pool_x = torch.cat([d.pool_x, x[:take].float()])
+    d.pool_t = torch.cat([d.pool_t, t_pred[:take]])
+    if len(d.pool_x) > cap:
+        keep = torch.randperm(len(d.pool_x), generator=d._pool_rng)[:cap].sort().values.to(x.device)
+        d.pool_x, d.pool_t = d.pool_x[keep], d.pool_t[keep]
