@@ -99,3 +99,29 @@ def test_torchrun_two_processes_write_one_run_and_resume_exactly(tmp_path):
                    for k in state["models"]["student"])
 
 
+
+
+def _layout_main(rank: int, port: int, out: str) -> None:
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from edgekd.distill.distributed import World
+
+    world = World.from_environment("cpu")
+    conv = torch.nn.Conv2d(3, 4, 3)
+    torch.manual_seed(rank)
+    torch.nn.init.normal_(conv.weight)
+    if rank == 1:  # another memory format on one rank: the weights must arrive in logical order
+        conv.to(memory_format=torch.channels_last)
+    world.sync_module(conv)
+    Path(out, f"w{rank}.json").write_text(json.dumps(conv.weight.contiguous().tolist()))
+    world.close()
+
+
+def test_sync_module_across_memory_formats(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_layout_main, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "w0.json").read_text() == (tmp_path / "w1.json").read_text()

@@ -84,6 +84,9 @@ class _ArrayReader:
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
         return next(self._it, None)
 
+    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:  # qdq_loss_debug iterates the reader
+        return self._it
+
     def rewind(self) -> None:  # pragma: no cover - not used by quantize_static
         raise NotImplementedError
 

@@ -122,7 +122,12 @@ class World:
         import torch.distributed as dist
 
         for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=0)
+            # Through a contiguous copy: a collective moves raw storage, and a channels_last tensor's
+            # storage is in another order than rank 0's contiguous one would be.
+            buf = t.data.contiguous()
+            dist.broadcast(buf, src=0)
+            if buf.data_ptr() != t.data.data_ptr():
+                t.data.copy_(buf)
 
     def raise_if_any(self, error: Optional[BaseException]) -> None:
         """An error on one rank stops every rank (the others would wait for it forever): each raises

@@ -217,12 +217,12 @@ class Distiller:
             opt_s=_OPTIMIZERS[cfg.s_optimizer](s.parameters(), cfg, cfg.lr_s),
             opt_d=torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999)) if d is not None else None,
         )
-        for module in (s, g, d):  # every rank starts from rank 0's weights and runs under its plans
-            if module is not None:
-                self.world.sync_module(module)
-        if self.world.active:
+        if self.world.active:  # every rank runs under rank 0's plans and starts from its weights
             self._restore_plans(self.world.from_main({r: [p.precision, p.channels_last] for r, p in self.plans.items()}),
                                 "rank 0's")
+        for module in (s, g, d):
+            if module is not None:
+                self.world.sync_module(module)
         if cfg.ema_decay > 0:
             self.m.ema = copy.deepcopy(s).requires_grad_(False)
         self.ema_updates = 0

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from edgekd.cpu import RELEVANT_FLAGS, torch_cpu_flags
+from edgekd.distill.distributed import launched_rank
 from edgekd.distill.precision import ExecutionPlan
 from edgekd.fileio import write_json
 
@@ -88,10 +89,11 @@ def cached(key: str, measure: Callable[[], Any], valid: Callable[[Any], bool]) -
     if key in cache and valid(cache[key]):
         return cache[key], True
     value = cache[key] = measure()
-    try:
-        write_json(cache_path(), cache)
-    except OSError:  # a read-only home: measure again next time
-        pass
+    if launched_rank() == 0:  # under torchrun rank 0's choice is the run's (distributed.py): only it is kept
+        try:
+            write_json(cache_path(), cache)
+        except OSError:  # a read-only home: measure again next time
+            pass
     return value, False
 
 
