@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from edgekd.distill import losses as L
@@ -85,3 +86,13 @@ def test_discriminator_losses():
     d_real, d_fake = torch.tensor([10.0]), torch.tensor([-10.0])
     assert L.discriminator_loss(d_real, d_fake).item() < 1e-3
     assert L.fool_discriminator_loss(d_fake).item() > 9
+
+
+def test_total_variation_hand_checked():
+    from edgekd.distill.losses import total_variation_loss
+
+    flat = torch.full((2, 3, 8, 8), 0.7)
+    assert float(total_variation_loss(flat)) == 0.0
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., 1::2] = 1.0  # vertical stripes: every horizontal and diagonal neighbour differs by 1
+    assert float(total_variation_loss(stripes)) == pytest.approx(3.0)

@@ -50,6 +50,7 @@ class DistillConfig:
     w_act: float = 0.0
     w_at: float = 0.0
     w_gan: float = 0.0
+    w_tv: float = 0.0  # DeepInversion's total-variation prior on G's images (DataFree's deepinv: 0.001)
     adv_loss: str = "kl"
     bn_loss: str = "l2"  # l2: DeepInversion/DFQ's norm | kl: per-layer Gaussian KL (scale-free)
     kd_loss: str = "kl"

@@ -34,6 +34,14 @@ def balance_loss(t_logits: torch.Tensor) -> torch.Tensor:
     return (p * torch.log(p + _EPS)).sum()
 
 
+def total_variation_loss(x: torch.Tensor) -> torch.Tensor:
+    """DeepInversion's image prior (its l1 form, as DataFree writes it): the mean absolute difference
+    between neighbouring pixels along the four directions, summed; low for smooth images."""
+    x = x.float()
+    return ((x[..., :, :-1] - x[..., :, 1:]).abs().mean() + (x[..., :-1, :] - x[..., 1:, :]).abs().mean()
+            + (x[..., 1:, :-1] - x[..., :-1, 1:]).abs().mean() + (x[..., :-1, :-1] - x[..., 1:, 1:]).abs().mean())
+
+
 BNStats = Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 

@@ -45,7 +45,8 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
     if d.bn_hook:
         d.bn_hook.enabled = True
     with d.plans["teacher"].autocast():
-        x = jitter(m.generator(d._z(cfg.batch_size)), cfg.g_jitter)
+        raw = m.generator(d._z(cfg.batch_size))
+        x = jitter(raw, cfg.g_jitter)
         t_logits = m.teacher(d._fmt(x, "teacher"))
     with d.plans["student"].autocast():
         s_logits = m.student(d._fmt(x, "student")) if cfg.w_adv else None
@@ -58,11 +59,13 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
         terms["act"] = L.activation_loss(d.feat_hook.features)
     if cfg.w_bal:
         terms["bal"] = L.balance_loss(t_logits)
+    if cfg.w_tv:
+        terms["tv"] = L.total_variation_loss(raw)
     if cfg.w_bn:
         terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop())
     if cfg.w_adv:
         terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
-    weights = {"oh": cfg.w_oh, "act": cfg.w_act, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv}
+    weights = {"oh": cfg.w_oh, "act": cfg.w_act, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv, "tv": cfg.w_tv}
     loss = sum(weights[k] * v for k, v in terms.items())
     m.opt_g.zero_grad(set_to_none=True)
     if torch.is_tensor(loss) and loss.requires_grad:
