@@ -295,3 +295,11 @@ def test_the_student_kept_is_the_best_on_earlier_generators_images(tmp_path, dem
     student = load_model(tmp_path / "last" / "student.pt").model
     assert not any("kept the student" in e for e in result.events)
     assert all(p.abs().sum() == 0 for p in student.parameters() if p.dim() > 1)
+
+
+def test_total_variation_term_is_trained_and_logged(tmp_path):
+    cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=2, student="resnet18-cifar", w_tv=5.0,
+                                                        s_steps=1, s_time_ratio=0))
+    distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["tv"] > 0 and np.isfinite(last["loss_g"])
