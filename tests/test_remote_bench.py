@@ -100,6 +100,18 @@ def test_remote_bench_again_replaces_its_own_files(sshd, bundle):
     assert not (Path(sshd.directory) / "data.npz").exists()
 
 
+def test_remote_progress_arrives_as_it_happens(sshd, bundle):
+    from edgekd.bench.remote import bench_remote
+    from edgekd.progress import RecordingProgress
+
+    progress = RecordingProgress()
+    remote = Remote(sshd.destination, sshd.directory, sshd.options)
+    bench_remote([bundle], BenchConfig(batch_sizes=(1,), warmup_s=0, duration_s=None, iterations=2, verify_timing=False),
+                 remote, EDGEKD, progress)
+    device = [m for m in progress.messages if m.startswith(f"{sshd.destination}: ")]
+    assert any("student fp32 (onnxruntime)" in m for m in device), progress.messages  # the device's own line
+
+
 def test_remote_directory_with_other_files_is_left_alone(sshd, bundle, tmp_path):
     foreign = tmp_path / "home"
     foreign.mkdir()

@@ -16,9 +16,10 @@ import shlex
 import shutil
 import subprocess
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -76,14 +77,31 @@ def shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
-def _run(remote: Remote, command: str, stdin: Optional[bytes] = None, what: str = "") -> bytes:
+def _run(remote: Remote, command: str, stdin: Optional[bytes] = None, what: str = "",
+         on_line: Optional[Callable[[str], None]] = None) -> bytes:
+    """Run `command` on the device; its stdout comes back, its stderr lines go to `on_line` as they come
+    (the device bench's progress), and the last of them names a failure."""
     if shutil.which("ssh") is None:
         raise RuntimeMissingError("--remote needs the OpenSSH client: apt-get install openssh-client")
-    proc = subprocess.run(remote.ssh_argv(command), input=stdin, capture_output=True)
+    proc = subprocess.Popen(remote.ssh_argv(command), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: List[str] = []
+
+    def read_stderr() -> None:
+        for raw in proc.stderr:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace").rstrip()
+            if line.strip():
+                lines.append(line.strip())
+                if on_line:
+                    on_line(line.strip())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(stdin)
+    reader.join()
     if proc.returncode == 0:
-        return proc.stdout
-    lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
-    last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+        return out
+    last = lines[-1] if lines else f"exit status {proc.returncode}"
     if proc.returncode == SSH_UNREACHABLE:
         raise RemoteError(f"cannot reach {remote.destination} over ssh ({last}): check the host, and that "
                           "'ssh " + remote.destination + "' logs in without a password (ssh-copy-id)")
@@ -122,7 +140,7 @@ def _upload_command(directory: str) -> str:
     # A directory that is not edgekd's own is never emptied.
     return (f'd={d}; if [ -d "$d" ] && [ -n "$(ls -A "$d")" ] && [ ! -f "$d/{MARKER}" ]; then '
             f'echo "error: $d holds files edgekd did not put there: name another directory (--remote HOST:DIR)" >&2; '
-            f'exit 3; fi; mkdir -p "$d" && cd "$d" && touch {MARKER} && rm -rf bundles data.npz result.json bench.log && tar -xf -')
+            f'exit 3; fi; mkdir -p "$d" && cd "$d" && touch {MARKER} && rm -rf bundles data.npz result.json && tar -xf -')
 
 
 def _edgekd_command(exe: str, names: Sequence[str], cfg: BenchConfig, has_data: bool) -> str:
@@ -134,8 +152,9 @@ def _edgekd_command(exe: str, names: Sequence[str], cfg: BenchConfig, has_data: 
     args += [] if cfg.verify_timing else ["--no-timing-check"]
     args += ["--profile"] if cfg.operator_profile else []
     exe_sh = exe if exe.startswith("$") else shell_path(exe)
-    # The device's table goes to a log there; the JSON alone comes back and is drawn here.
-    return f"{exe_sh} {' '.join(map(shlex.quote, args))} >bench.log 2>&1 || {{ tail -n 1 bench.log >&2; exit 1; }}; cat result.json"
+    # Everything the device's bench prints goes to stderr (its progress, shown here as it comes); the
+    # JSON alone comes back on stdout and is drawn here.
+    return f"{exe_sh} {' '.join(map(shlex.quote, args))} >&2 && cat result.json"
 
 
 def _standalone_command(name: str, has_data: bool) -> str:
@@ -180,7 +199,11 @@ def bench_remote(bundles: Sequence[Path], cfg: BenchConfig, remote: Remote, edge
     cd = f"cd {shell_path(remote.directory)} && "
     progress.message(f"benching on {remote.destination} ({'edgekd' if exe else 'edgekd_trt.py'})")
     if exe:
-        raw = _run(remote, cd + _edgekd_command(exe, names, cfg, bool(extra)), what="edgekd bench")
+        def relay(line: str) -> None:  # the device bench's progress lines; its table is drawn here
+            if line.startswith("• "):
+                progress.message(f"{remote.destination}: {line[2:]}")
+
+        raw = _run(remote, cd + _edgekd_command(exe, names, cfg, bool(extra)), what="edgekd bench", on_line=relay)
         result = _parse(raw, remote)
     else:
         rows = []
