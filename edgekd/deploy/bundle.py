@@ -229,7 +229,7 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
 
         runtime = target.runtime
         if quant.kernels_match_device and (cfg.precision_by_speed or target.runtimes):
-            precision, runtime = _fastest_here(tmp, models, precision, runtime, target, cfg, parity_x,
+            precision, runtime = _fastest_here(tmp, models, precision, target, cfg, parity_x,
                                                checks, warnings)
             models = [e for e in models if e["role"] == "teacher" or e["precision"] in ("fp32", precision)]
 
@@ -261,7 +261,7 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
     return ExportResult(out, manifest, warnings)
 
 
-def _fastest_here(tmp: Path, models: List[Dict[str, Any]], precision: str, runtime: str, target: Target,
+def _fastest_here(tmp: Path, models: List[Dict[str, Any]], precision: str, target: Target,
                   cfg: ExportConfig, held: np.ndarray, checks: Dict[str, Any], warnings: List[str]) -> Tuple[str, str]:
     """With the export machine as the device: the student's batch-1 latency under every precision in the
     bundle and every runtime the target allows that is installed here (checks["speed"]); the bundle then
