@@ -109,7 +109,8 @@ def test_remote_progress_arrives_as_it_happens(sshd, bundle):
     bench_remote([bundle], BenchConfig(batch_sizes=(1,), warmup_s=0, duration_s=None, iterations=2, verify_timing=False),
                  remote, EDGEKD, progress)
     device = [m for m in progress.messages if m.startswith(f"{sshd.destination}: ")]
-    assert any("student fp32 (onnxruntime)" in m for m in device), progress.messages  # the device's own line
+    # The device's own progress lines (which of its per-model lines Rich prints without a terminal varies).
+    assert any(m.endswith("fp32 (onnxruntime)") for m in device), progress.messages
 
 
 def test_remote_directory_with_other_files_is_left_alone(sshd, bundle, tmp_path):
