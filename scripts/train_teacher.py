@@ -48,7 +48,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--format", choices=["edgekd", "state_dict", "torchscript"], default="edgekd")
+    ap.add_argument("--format", choices=["edgekd", "state_dict", "torchscript", "torchscript-dafl"], default="edgekd",
+                    help="torchscript-dafl: a LeNet-5 saved in DAFL's lenet.py layout (other names, "
+                         "forward(img, out_feature=False)), as users of that code base hold it")
     ap.add_argument("--out", required=True)
     ap.add_argument("--save-holdout", help="write the held-out test images as .npz (for measuring students)")
     args = ap.parse_args()
@@ -98,9 +100,37 @@ def main() -> None:
         save_checkpoint(args.out, model, spec, {"trained_by": "scripts/train_teacher.py", **info})
     elif args.format == "state_dict":
         torch.save(model.state_dict(), args.out)
-    else:
+    elif args.format == "torchscript":
         torch.jit.script(model).save(args.out)
+    else:
+        torch.jit.script(DaflLeNet5.from_lenet5(model)).save(args.out)
     print(json.dumps(info))
+
+
+class DaflLeNet5(torch.nn.Module):
+    """DAFL's lenet.py LeNet-5: conv1..conv3, fc1, fc2 and an extra forward argument."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(in_channels, 6, 5), torch.nn.Conv2d(6, 16, 5)
+        self.conv3 = torch.nn.Conv2d(16, 120, 5)
+        self.fc1, self.fc2 = torch.nn.Linear(120, 84), torch.nn.Linear(84, num_classes)
+
+    def forward(self, img: torch.Tensor, out_feature: bool = False) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(img)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        feature = F.relu(self.conv3(x)).view(-1, 120)
+        return self.fc2(F.relu(self.fc1(feature)))
+
+    @classmethod
+    def from_lenet5(cls, model: torch.nn.Module) -> DaflLeNet5:
+        """The same weights, in order: edgekd's lenet5 has DAFL's layers under other names."""
+        params = list(model.state_dict().values())
+        out = cls(params[0].shape[1], params[-1].shape[0])
+        if [p.shape for p in params] != [p.shape for p in out.state_dict().values()]:
+            raise SystemExit("--format torchscript-dafl needs --arch lenet5")
+        out.load_state_dict(dict(zip(out.state_dict(), params)))
+        return out.eval()
 
 
 if __name__ == "__main__":

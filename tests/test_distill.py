@@ -34,18 +34,27 @@ def _bn_teacher(tmp_path, size=16):
 
 @pytest.mark.parametrize("method", list(PRESETS))
 def test_each_preset_runs_on_a_bn_teacher(tmp_path, method):
-    cfg = resolve_config(method, overrides={**FAST, "iterations": 2, "student": "resnet18-cifar", "s_steps": 2})
+    g_steps = min(PRESETS[method].get("g_steps", 1), 3)  # DeepInversion's 2000 pixel steps: 3 here
+    cfg = resolve_config(method, overrides={**FAST, "iterations": 2, "student": "resnet18-cifar", "s_steps": 2,
+                                            "g_steps": g_steps})
     result = distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
     assert result.steps == 2 and not result.interrupted
-    for name in ("student.pt", "generator.pt", "calib.npz", "metrics.jsonl", "samples.png", "curves.png",
+    for name in ("student.pt", "calib.npz", "metrics.jsonl", "samples.png", "curves.png",
                  "config.json", "summary.json", "teacher.pt", "checkpoint.pt"):
         assert (tmp_path / "run" / name).exists(), name
+    from edgekd.distill.synthesizers import SYNTHESIZERS
+
     config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (tmp_path / "run" / "generator.pt").exists() == SYNTHESIZERS[config["synthesizer"]].trains_generator
     assert config["method"] == method and config["w_bn"] == PRESETS[method]["w_bn"]
+    losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for r in losses for k, v in r.items() if k.startswith("loss"))
     student = load_model(tmp_path / "run" / "student.pt")
     assert student.spec.arch == "resnet18-cifar" and student.spec.input_size == (16, 16)
     calib = np.load(tmp_path / "run" / "calib.npz")
-    assert calib["x"].shape == (32, 3, 16, 16) and np.isfinite(calib["x"]).all()
+    # a generator draws 32; DeepInversion's run has what it made: 2 batches of 16, 2 each withheld
+    n = 32 if SYNTHESIZERS[config["synthesizer"]].trains_generator else 2 * (16 - 16 // 8)
+    assert calib["x"].shape == (n, 3, 16, 16) and np.isfinite(calib["x"]).all()
 
 
 def test_generator_and_replay_options_run_and_travel_to_export(tmp_path):
@@ -124,10 +133,11 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path, demo):
     assert steps == sorted(steps)
 
 
-@pytest.mark.parametrize("method", ["adversarial", "fast"])
+@pytest.mark.parametrize("method", ["adversarial", "fast", "deepinversion"])
 def test_resume_is_exact_on_a_bn_teacher(tmp_path, method):
     """Each synthesizer keeps all its state in the checkpoint: 2 + 2 iterations equal 4."""
-    cfg = dict(FAST, iterations=4, seed=1, student="resnet18-cifar", s_steps=2, lr_schedule="constant")
+    cfg = dict(FAST, iterations=4, seed=1, student="resnet18-cifar", s_steps=2, lr_schedule="constant",
+               g_steps=min(PRESETS[method].get("g_steps", 1), 3))
     distill(_bn_teacher(tmp_path), resolve_config(method, overrides=cfg), tmp_path / "full")
     distill(_bn_teacher(tmp_path), resolve_config(method, overrides={**cfg, "iterations": 2}), tmp_path / "part")
     distill(_bn_teacher(tmp_path), resolve_config(method, overrides=cfg), tmp_path / "part", resume=True)

@@ -46,7 +46,7 @@ def _default_out(teacher: Path, student: str, method: str, resume: bool) -> Path
 def distill_cmd(
     teacher: str = typer.Argument(DEMO, help="Teacher file (state_dict, TorchScript, edgekd checkpoint), or 'demo' for the shipped Fashion-MNIST LeNet-5."),
     student: Optional[str] = typer.Option(None, "--student", "-s", help="Student architecture ('edgekd models'); default: lenet5-half for inputs up to 64 px, else mobilenet_v2."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="adversarial (the paper's, default), dafl, dfad, zskt or dfq."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="auto (default: chosen by the teacher), adversarial (the paper's), fast, dafl, dfad, zskt or dfq."),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Stop after N generator steps."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", "-t", help=f"Stop after this long (90s, 10m, 1h). Default {DEFAULT_BUDGET} when --iterations is not given."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Synthetic batch size (default 256)."),
@@ -102,14 +102,14 @@ def distill_cmd(
         overrides["batch_size"] = batch_size
     overrides.update(parse_sets(sets or []))
     file_values = {**saved, **(load_config_file(config) if config else {})}
-    cfg = resolve_config(DEFAULT_METHOD, file_values, overrides)
+    cfg = resolve_config(DEFAULT_METHOD, file_values, overrides, teacher=loaded)
     data = load_dataset(eval_data) if eval_data else None
     run_dir = out or _default_out(teacher_path, cfg.student, cfg.method, resume)
 
     budget = f"{cfg.iterations} iterations" if cfg.iterations else f"{cfg.time_budget:.0f}s"
     console.print(f"teacher [bold]{loaded.spec.arch}[/] ({loaded.format}, {loaded.spec.num_classes} classes, "
                   f"input {'x'.join(map(str, loaded.spec.input_shape))}) -> student [bold]{cfg.student}[/], "
-                  f"method {cfg.method}, {budget}, run dir {run_dir}")
+                  f"method {cfg.method}{' (auto)' if cfg.method_choice else ''}, {budget}, run dir {run_dir}")
     result = distill(loaded, cfg, run_dir, data, RichProgress(console), resume=resume)
     if rank:
         return
@@ -129,7 +129,8 @@ def distill_cmd(
         table.add_row("teacher accuracy", f"{result.teacher_accuracy:.2%}  ({data.source})")
         table.add_row("student accuracy", f"{result.metrics['accuracy']:.2%}")
         table.add_row("agreement (real)", f"{result.metrics['agreement_real']:.2%}")
-    table.add_row("agreement (held-out synthetic)", f"{result.metrics['agreement_synthetic']:.2%}")
+    if "agreement_synthetic" in result.metrics:
+        table.add_row("agreement (held-out synthetic)", f"{result.metrics['agreement_synthetic']:.2%}")
     for e in result.events:
         table.add_row("event", e)
     table.add_row("student", str(result.student_path))

@@ -105,8 +105,10 @@ def _synthetic_sets(src: _Source, count: int, seed: int) -> Dict[str, np.ndarray
     from edgekd.distill.loop import synthesize
 
     path = RunDir(src.run_dir) / RunDir.GENERATOR if src.run_dir else None
-    if path is None or not path.exists():
+    if path is None:
         return {}
+    if not path.exists():
+        return _saved_sets(src, count)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         g = Generator.from_description(state)
@@ -120,6 +122,26 @@ def _synthetic_sets(src: _Source, count: int, seed: int) -> Dict[str, np.ndarray
     calib = synthesize(g, judge, count, seed)
     held = synthesize(g, judge, 256, seed + 1)
     return {"calib": calib["x"], "held_x": held["x"], "held_pred": held["teacher_logits"].argmax(1)}
+
+
+def _saved_sets(src: _Source, count: int) -> Dict[str, np.ndarray]:
+    """A run without a generator (DeepInversion's pixels) saved its images: calibration from what the
+    student learnt from, held-out from what it never saw (calib.npz's held_x)."""
+    path = RunDir(src.run_dir) / RunDir.CALIB
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path) as z:
+            saved = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise InputFileError(f"{path} is unreadable ({type(e).__name__}): distill the run again, "
+                             "or export with --calib-data and --precision fp32") from None
+    if "held_x" not in saved:
+        return {}
+    RunDir(src.run_dir).check_one_run({RunDir.STUDENT: src.student.provenance.get("run_id"),
+                                       RunDir.CALIB: str(saved.get("run_id", ""))})
+    return {"calib": saved["x"][:count], "held_x": saved["held_x"][:256], "held_pred": saved["held_pred"][:256],
+            "source": "run images (calib.npz)"}
 
 
 def _limit_calib(x: np.ndarray) -> np.ndarray:
@@ -172,6 +194,7 @@ def _export(source: Path, cfg: ExportConfig, out: Path) -> ExportResult:
         calib_source = f"real:{ds.source}"
     elif "calib" in synth:
         calib = synth["calib"]
+        calib_source = synth.get("source", calib_source)
     elif precision == "int8":
         raise UsageError("INT8 needs calibration images: export a distill run directory (it has a generator) "
                          "or give --calib-data PATH")

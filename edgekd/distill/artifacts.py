@@ -17,21 +17,39 @@ if TYPE_CHECKING:
 
 def write_artifacts(d: Distiller) -> None:
     from edgekd.distill.loop import synthesize
+    from edgekd.distill.synthesizers import SYNTHESIZERS
 
     run = d.rundir
     g = d.m.generator
-    with atomic_path(run / RunDir.GENERATOR) as tmp:
-        torch.save({"state_dict": {k: v.cpu() for k, v in g.state_dict().items()}, **g.describe(),
-                    "run_id": d.run_id}, tmp)
     teacher = d.m.teacher.float().to(memory_format=torch.contiguous_format)
-    synth = synthesize(g, teacher, d.cfg.calib_images, seed=d.cfg.seed + 20_011)
+    held: Dict[str, np.ndarray] = {}
+    if SYNTHESIZERS[d.cfg.synthesizer].trains_generator:
+        with atomic_path(run / RunDir.GENERATOR) as tmp:
+            torch.save({"state_dict": {k: v.cpu() for k, v in g.state_dict().items()}, **g.describe(),
+                        "run_id": d.run_id}, tmp)
+        synth = synthesize(g, teacher, d.cfg.calib_images, seed=d.cfg.seed + 20_011)
+    else:  # no generator to draw from: the images the run made (export calibrates on these)
+        synth, held = _made_images(d)
     with atomic_path(run / RunDir.CALIB) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, x=synth["x"], teacher_logits=synth["teacher_logits"],
-                                teacher_pred=synth["teacher_logits"].argmax(1), run_id=np.asarray(d.run_id or ""))
+                                teacher_pred=synth["teacher_logits"].argmax(1), run_id=np.asarray(d.run_id or ""),
+                                **held)
     _save_teacher(d)
     _plot_samples(d, synth)
     _plot_curves(d.history, run / RunDir.CURVES, d.teacher_accuracy)
+
+
+def _made_images(d: Distiller) -> tuple:
+    """Calibration images from the replay memory (a sample of what the student learnt from) and the
+    held-out images the synthesizer withheld from the student, each with the teacher's logits."""
+    gen = torch.Generator().manual_seed(d.cfg.seed + 20_011)
+    source = d.memory if len(d.memory) else d.heldout
+    idx = torch.randperm(len(source), generator=gen)[: d.cfg.calib_images].to(source.x.device)
+    synth = {"x": source.x[idx].float().cpu().numpy(), "teacher_logits": source.t[idx].float().cpu().numpy()}
+    n = len(d.heldout)
+    held = {"held_x": d.heldout.x[:n].float().cpu().numpy(), "held_pred": d.heldout.t[:n].argmax(1).cpu().numpy()}
+    return synth, held
 
 
 def _save_teacher(d: Distiller) -> None:

@@ -8,28 +8,32 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
 
 from edgekd.distill.augment import AUGMENTS
 from edgekd.distill.generator import OUTPUTS as GEN_OUTPUTS
-from edgekd.distill.losses import BN_LOSSES, DIVERGENCES
-from edgekd.distill.presets import DEFAULT_METHOD, PRESETS
+from edgekd.distill.losses import BN_LOSSES, DIVERGENCES, TV_LOSSES
+from edgekd.distill.presets import AUTO, DEFAULT_METHOD, PRESETS, choose_method
 from edgekd.distill.replay import POLICIES as REPLAY_POLICIES
 from edgekd.distill.synthesizers import SYNTHESIZERS
 from edgekd.errors import UsageError
 from edgekd.fileio import read_toml
+
+if TYPE_CHECKING:
+    from edgekd.models.checkpoint import LoadedModel
 
 _MAY_BE_NEGATIVE = ("seed",)
 _AT_LEAST_ONE = ("latent_dim", "gen_width", "snapshot_every", "collapse_patience", "calib_images", "eval_images")
 # Keys whose value names an entry of a registry.
 _CHOICES = {"adv_loss": DIVERGENCES, "kd_loss": DIVERGENCES, "bn_loss": BN_LOSSES,
             "replay_policy": REPLAY_POLICIES, "gen_output": GEN_OUTPUTS,
-            "s_augment": AUGMENTS, "synthesizer": SYNTHESIZERS}
+            "s_augment": AUGMENTS, "synthesizer": SYNTHESIZERS, "tv_loss": TV_LOSSES}
 
 
 @dataclass
 class DistillConfig:
-    method: str = DEFAULT_METHOD
+    method: str = "adversarial"  # a preset; --method auto (the CLI's default) picks one by the teacher
+    method_choice: str = ""  # why --method auto picked `method` ("" when the user named it)
     student: str = "lenet5-half"
     iterations: Optional[int] = None  # stop after this many G steps ...
     time_budget: Optional[float] = None  # ... or after this many seconds (whichever comes first)
@@ -37,6 +41,7 @@ class DistillConfig:
     latent_dim: int = 100
     gen_width: int = 128  # generator base channels (DAFL: 128)
     g_jitter: float = 0.0  # > 0: G's batch rolled by up to this fraction of a side (DeepInversion); only with w_bn
+    gen_labels: bool = False  # class-conditional G asked for balanced target classes (oh = CE to the label)
     gen_output: str = "bn"  # bn: DAFL's whitened output | affine: + learnt scale/shift | pixel: [0, 1] pixels, normalised
     seed: int = 0
     device: str = "auto"
@@ -51,11 +56,15 @@ class DistillConfig:
     w_at: float = 0.0
     w_gan: float = 0.0
     w_tv: float = 0.0  # DeepInversion's total-variation prior on G's images (DataFree's deepinv: 0.001)
+    tv_loss: str = "l1"  # l1: DataFree's mean absolute form | l2: DeepInversion's CIFAR-10 norms
+    w_l2: float = 0.0  # inversion: DeepInversion's l2 prior on the pixels
+    g_flip: bool = False  # inversion: each step also mirrors the batch with probability 1/2 (DeepInversion)
     adv_loss: str = "kl"
     bn_loss: str = "l2"  # l2: DeepInversion/DFQ's norm | kl: per-layer Gaussian KL (scale-free)
+    bn_first: float = 1.0  # weight of the first BN layer's term (DeepInversion's first_bn_multiplier: 10)
     kd_loss: str = "kl"
     tau: float = 1.0
-    synthesizer: str = "generator"  # generator: one G for the run | meta: Fast-Datafree's meta-generator (synthesizers.py)
+    synthesizer: str = "generator"  # generator: one G | meta: Fast-Datafree's | inversion: DeepInversion's pixels
     lr_z: float = 0.015  # meta: learning rate of the per-batch latents
     # schedule
     g_steps: int = 1  # generator steps per iteration (meta: inner steps on one batch)
@@ -217,12 +226,20 @@ def parse_duration(text: Optional[str]) -> Optional[float]:
 
 
 def resolve_config(method: str = DEFAULT_METHOD, file_values: Optional[Dict[str, Any]] = None,
-                   overrides: Optional[Dict[str, Any]] = None) -> DistillConfig:
-    """preset(method) < config file < explicit overrides (CLI options and --set)."""
+                   overrides: Optional[Dict[str, Any]] = None, teacher: Optional[LoadedModel] = None) -> DistillConfig:
+    """preset(method) < config file < explicit overrides (CLI options and --set).
+
+    method "auto" picks the preset from what the teacher is (presets.choose_method); without a
+    teacher to look at it takes the default preset's plain form."""
     file_values = dict(file_values or {})
     overrides = dict(overrides or {})
     method = overrides.get("method") or file_values.get("method") or method
+    choice = file_values.get("method_choice", "")
+    if method == AUTO:
+        method, choice = choose_method(teacher) if teacher is not None else ("adversarial", "no teacher to look at")
+    elif overrides.get("method"):
+        choice = ""
     if method not in PRESETS:
-        raise UsageError(f"unknown method {method!r}: choose one of {', '.join(PRESETS)}")
-    values: Dict[str, Any] = {**PRESETS[method], **file_values, **overrides, "method": method}
+        raise UsageError(f"unknown method {method!r}: choose one of {AUTO}, {', '.join(PRESETS)}")
+    values: Dict[str, Any] = {**PRESETS[method], **file_values, **overrides, "method": method, "method_choice": choice}
     return DistillConfig(**values).validate()

@@ -1,7 +1,7 @@
 """How a run judges its student without real data (and with it, when given to measure only).
 
 Real test accuracy when eval data was given; agreement with the teacher on held-out synthetic images
-(fixed latents, never trained on) always; and agreement on a pool of earlier generators' held-out
+(the synthesizer's: a generator's fixed latents, or images withheld from the student; never trained on); and agreement on a pool of earlier generators' held-out
 images, which decides the student kept (keep_best): a student that forgets what earlier generators
 showed scores lower there even when it matches today's generator. Functions over the Distiller's
 state, like synthesizers.py; the pool and the kept student are saved in its checkpoint.
@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Dict, Optional
 
 import torch
 import torch.nn as nn
+
+from edgekd.distill.synthesizers import SYNTHESIZERS
 
 if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
@@ -48,18 +50,18 @@ def evaluate(d: Distiller, model: Optional[nn.Module] = None) -> Dict[str, float
             d.teacher_pred_real = predict(d, d.m.teacher, d.eval_x)
             d.teacher_accuracy = float((d.teacher_pred_real == d.eval_y).float().mean())
         result["agreement_real"] = float((pred == d.teacher_pred_real).float().mean())
-    gen = copy.deepcopy(d.m.generator).train()  # batch statistics, like training; G itself untouched
-    with torch.no_grad(), d.plans["teacher"].autocast():
-        x = torch.cat([gen(d.eval_z[i:i + 256]) for i in range(0, len(d.eval_z), 256)]).float()
-    t_pred = predict(d, d.m.teacher, x)
-    agree = predict(d, model, x) == t_pred
-    result["agreement_synthetic"] = float(agree.float().mean())
+    x = SYNTHESIZERS[d.cfg.synthesizer].heldout(d)
+    if x is not None:
+        t_pred = predict(d, d.m.teacher, x)
+        agree = predict(d, model, x) == t_pred
+        result["agreement_synthetic"] = float(agree.float().mean())
     if len(d.pool_x):
         result["agreement_pool"] = pool_agreement(d, model)
     if scoring_run:
         if d.cfg.keep_best and len(d.pool_x) >= min(_MIN_POOL, pool_cap(d)):
             _consider_best(d, result["agreement_pool"])
-        _grow_pool(d, x, t_pred)
+        if x is not None:
+            _grow_pool(d, x, t_pred)
     if d.best_step is not None:
         result["best_step"] = d.best_step
     d.m.student.train()

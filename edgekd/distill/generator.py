@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,10 +25,16 @@ class Generator(nn.Module):
     output="pixel" makes pixels in [0, 1] (affine BN, sigmoid) and applies the teacher's own
     (p - mean) / std, so every image is one a camera could deliver. Measured on the WRN-16-2 MNIST
     teacher (benchmarks/TUNING.md round 4), neither beat "bn"; "pixel" made one-class students.
+
+    num_classes > 0 makes it class-conditional (`gen_labels`): a learnt embedding of the class label
+    is concatenated to z, so the loss can ask for a given class (CE against the label, as
+    DeepInversion, CMI and NAYER ask the teacher for sampled targets) instead of whatever the teacher
+    already sees most (DAFL's argmax). Called without labels it makes a balanced cycle of classes.
     """
 
     def __init__(self, latent_dim: int, out_shape: Tuple[int, int, int], base_channels: int = 128,
-                 output: str = "bn", mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> None:
+                 output: str = "bn", mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
+                 num_classes: int = 0) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"generator output must be one of {OUTPUTS}, not {output!r}")
@@ -37,11 +43,13 @@ class Generator(nn.Module):
         self.base_channels = base_channels
         self.out_shape = (c, h, w)
         self.output = output
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
         self.register_buffer("mean", _per_channel(mean, c), persistent=False)
         self.register_buffer("std", _per_channel(std, c), persistent=False)
         n_up = max(2, math.ceil(math.log2(max(h, w) / 8)))
         self.init_hw = (math.ceil(h / 2 ** n_up), math.ceil(w / 2 ** n_up))
-        self.fc = nn.Linear(latent_dim, base_channels * self.init_hw[0] * self.init_hw[1])
+        self.fc = nn.Linear(latent_dim * (2 if num_classes else 1), base_channels * self.init_hw[0] * self.init_hw[1])
         self.bn0 = nn.BatchNorm2d(base_channels)
         stages, cin = [], base_channels
         for i in range(n_up):
@@ -58,7 +66,11 @@ class Generator(nn.Module):
         self.head = nn.Conv2d(cin, c, 3, 1, 1)
         self.out_bn = nn.BatchNorm2d(c, affine=output != "bn")
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.embed is not None:
+            if labels is None:
+                labels = torch.arange(len(z), device=z.device) % self.num_classes
+            z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
         x = self.fc(z).view(z.shape[0], -1, *self.init_hw)
         x = self.stages(self.bn0(x))
         if x.shape[-2:] != self.out_shape[1:]:
@@ -70,12 +82,12 @@ class Generator(nn.Module):
     def describe(self) -> Dict[str, Any]:
         """Everything `from_description` needs besides the weights (saved in generator.pt)."""
         return {"latent_dim": self.latent_dim, "out_shape": list(self.out_shape), "base_channels": self.base_channels,
-                "output": self.output, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+                "output": self.output, "num_classes": self.num_classes, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
     @classmethod
     def from_description(cls, d: Dict[str, Any]) -> Generator:
         return cls(d["latent_dim"], tuple(d["out_shape"]), d["base_channels"], d.get("output", "bn"),
-                   d.get("mean", (0.0,)), d.get("std", (1.0,)))
+                   d.get("mean", (0.0,)), d.get("std", (1.0,)), d.get("num_classes", 0))
 
 
 OUTPUTS = ("bn", "affine", "pixel")

@@ -187,6 +187,8 @@ class Distiller:
         self.plan: ExecutionPlan = plan_execution(cfg.device, cfg.precision, cfg.channels_last)
         self.events: List[str] = []
         self.notes: List[str] = list(teacher.notes)
+        if cfg.method_choice:
+            self.notes.append(f"method auto chose {cfg.method}: {cfg.method_choice}")
         torch.manual_seed(cfg.seed)
         dev = self.plan.device
         k = self.spec.num_classes
@@ -198,7 +200,7 @@ class Distiller:
         s = create_model(cfg.student, k, self.spec.in_channels).to(dev)
         _check_student_takes(s, cfg.student, self.spec)
         g = Generator(cfg.latent_dim, self.spec.input_shape, cfg.gen_width, cfg.gen_output,
-                      self.spec.mean, self.spec.std).to(dev)
+                      self.spec.mean, self.spec.std, k if cfg.gen_labels else 0).to(dev)
         # Each side gets the fastest plan on this CPU (probe.py); G runs under the teacher's, whose
         # input it makes and through which its gradients flow.
         choices = candidates(self.plan, cfg.precision, cfg.channels_last)
@@ -229,6 +231,11 @@ class Distiller:
         self._hooks(t, s)
         self.memory = ReplayMemory(cfg.replay_size if cfg.replay_fraction > 0 else 0, self.spec.input_shape, k, dev,
                                    cfg.replay_policy)
+        # Held-out images withheld from the student, for synthesizers without a generator to draw them from.
+        h, w = self.spec.input_size
+        n_eval = cfg.eval_synthetic or max(64, min(1024, 1024 * 1024 // (h * w)))
+        self.heldout = ReplayMemory(0 if SYNTHESIZERS[cfg.synthesizer].trains_generator else n_eval,
+                                    self.spec.input_shape, k, dev, "fifo")
         self.scalers = {name: torch.amp.GradScaler(dev.type, enabled=self.plan.needs_grad_scaler)
                         for name in ("g", "s", "d")}
         self.s_steps = cfg.s_steps  # may follow the measured step costs after iteration 2 (s_time_ratio)
@@ -253,8 +260,6 @@ class Distiller:
             self.eval_source = sub.source
         # Held-out synthetic images for agreement: fixed latents, never trained on.
         # Fewer for large inputs (64 at 224x224), so evaluation stays a small share of the budget.
-        h, w = self.spec.input_size
-        n_eval = cfg.eval_synthetic or max(64, min(1024, 1024 * 1024 // (h * w)))
         gen = torch.Generator().manual_seed(cfg.seed + 10_007)
         self.eval_z = torch.randn(n_eval, cfg.latent_dim, generator=gen).to(dev)
         self.best_model: Optional[nn.Module] = None  # the student kept so far (keep_best)
@@ -312,7 +317,7 @@ class Distiller:
         # The second iteration (warm, representative) is timed when S steps follow their cost.
         timing = cfg.s_time_ratio > 0 and self.step == 1 and not self.s_steps_chosen
         t0 = self._now(timing)
-        terms.update(SYNTHESIZERS[cfg.synthesizer](self))
+        terms.update(SYNTHESIZERS[cfg.synthesizer].run(self))
         t1 = self._now(timing)
         for i in range(self.s_steps):
             terms.update(student.student_step(self, first=i == 0))
@@ -392,7 +397,8 @@ class Distiller:
         """What differs between ranks: the random streams and the replay memory."""
         return {"rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if self.plan.device.type == "cuda" else None,
-                "memory": {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.memory.state_dict().items()}}
+                "memory": {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.memory.state_dict().items()},
+                "heldout": {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.heldout.state_dict().items()}}
 
     def save_checkpoint(self) -> None:
         """Every rank calls it (their states are gathered); rank 0 writes."""
@@ -401,7 +407,7 @@ class Distiller:
             return
         state = {
             "edgekd_version": __version__, "step": self.step, "elapsed": self.elapsed,
-            "models": self.m.state_dict(), "memory": self.memory.state_dict(),
+            "models": self.m.state_dict(), "memory": self.memory.state_dict(), "heldout": self.heldout.state_dict(),
             "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.plan.device.type == "cuda" else None,
@@ -445,6 +451,8 @@ class Distiller:
         self.m.load_state_dict(state["models"])
         self.memory.load_state_dict({k: v.to(self.plan.device) if torch.is_tensor(v) else v
                                      for k, v in state["memory"].items()})
+        if "heldout" in state:
+            self.heldout.load_state_dict(state["heldout"])
         for k, v in state["scalers"].items():
             self.scalers[k].load_state_dict(v)
         torch.set_rng_state(state["rng_cpu"].cpu())
@@ -615,7 +623,8 @@ class Distiller:
             write_artifacts(self)
         summary = {"steps": self.step, "seconds": round(self.elapsed, 1), "interrupted": interrupted,
                    "final": latest, "teacher_accuracy": self.teacher_accuracy, "events": self.events,
-                   "run_id": self.run_id, "plan": self.plan_reason, "s_steps": self.s_steps, "method": cfg.method, "student": cfg.student,
+                   "run_id": self.run_id, "plan": self.plan_reason, "s_steps": self.s_steps, "method": cfg.method, "method_choice": cfg.method_choice,
+                   "notes": self.notes, "student": cfg.student,
                    "teacher": {"file": str(self.teacher_info.path), "sha256": self.teacher_info.sha256,
                                "format": self.teacher_info.format, "spec": self.spec.to_dict()}}
         write_json(self.rundir / RunDir.SUMMARY, summary)

@@ -42,18 +42,31 @@ def total_variation_loss(x: torch.Tensor) -> torch.Tensor:
             + (x[..., 1:, :-1] - x[..., :-1, 1:]).abs().mean() + (x[..., :-1, :-1] - x[..., 1:, 1:]).abs().mean())
 
 
+def total_variation_l2_loss(x: torch.Tensor) -> torch.Tensor:
+    """DeepInversion's CIFAR-10 form of the prior: the L2 norms of the four neighbour differences, summed."""
+    x = x.float()
+    return (torch.norm(x[..., :, :-1] - x[..., :, 1:]) + torch.norm(x[..., :-1, :] - x[..., 1:, :])
+            + torch.norm(x[..., 1:, :-1] - x[..., :-1, 1:]) + torch.norm(x[..., :-1, :-1] - x[..., 1:, 1:]))
+
+
+TV_LOSSES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"l1": total_variation_loss, "l2": total_variation_l2_loss}
+
 BNStats = Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def bn_statistics_loss(stats: BNStats) -> torch.Tensor:
-    """DeepInversion/DFQ `bn`: sum_l ||mu_l - running_mean_l||_2 + ||var_l - running_var_l||_2."""
+def bn_statistics_loss(stats: BNStats, first: float = 1.0) -> torch.Tensor:
+    """DeepInversion/DFQ `bn`: sum_l ||mu_l - running_mean_l||_2 + ||var_l - running_var_l||_2.
+
+    `first` weighs the first BN layer (the one nearest the pixels) apart: DeepInversion's
+    first_bn_multiplier, 10 in its ImageNet script. The deep, wide layers dominate the plain sum."""
     total = torch.zeros(())
-    for mean, var, run_mean, run_var in stats:
-        total = total.to(mean.device) + torch.norm(mean.float() - run_mean, 2) + torch.norm(var.float() - run_var, 2)
+    for i, (mean, var, run_mean, run_var) in enumerate(stats):
+        term = torch.norm(mean.float() - run_mean, 2) + torch.norm(var.float() - run_var, 2)
+        total = total.to(mean.device) + (first if i == 0 else 1.0) * term
     return total
 
 
-def bn_gaussian_kl_loss(stats: BNStats, eps: float = 1e-5) -> torch.Tensor:
+def bn_gaussian_kl_loss(stats: BNStats, first: float = 1.0, eps: float = 1e-5) -> torch.Tensor:
     """`bn` as a divergence: sum over layers of the channel-mean KL(N(mu, var) || N(running_mean, running_var)).
 
     Scale-free per layer, so every layer counts alike. The L2 form above is dominated by the deepest,
@@ -61,14 +74,14 @@ def bn_gaussian_kl_loss(stats: BNStats, eps: float = 1e-5) -> torch.Tensor:
     scores 9 against 196 for noise); here real images score 0.01 and noise 15.
     """
     total = torch.zeros(())
-    for mean, var, run_mean, run_var in stats:
+    for i, (mean, var, run_mean, run_var) in enumerate(stats):
         v, rv = var.float().clamp_min(eps), run_var.clamp_min(eps)
         kl = 0.5 * (v / rv + (mean.float() - run_mean) ** 2 / rv - 1 - torch.log(v / rv))
-        total = total.to(mean.device) + kl.mean()
+        total = total.to(mean.device) + (first if i == 0 else 1.0) * kl.mean()
     return total
 
 
-BN_LOSSES: Dict[str, Callable[[BNStats], torch.Tensor]] = {"l2": bn_statistics_loss, "kl": bn_gaussian_kl_loss}
+BN_LOSSES: Dict[str, Callable[..., torch.Tensor]] = {"l2": bn_statistics_loss, "kl": bn_gaussian_kl_loss}
 
 
 def kl_per_sample(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:

@@ -6,6 +6,8 @@ and generator optimiser, so checkpoints and exact resume cover it with nothing m
 
 - generator: one generator trained across the run (DAFL, DFAD, ZSKT, DFQ, the adversarial default);
   g_steps steps per iteration, each on fresh latents (generator_step).
+- inversion: DeepInversion (Yin et al., "Dreaming to Distill", CVPR 2020; NVlabs/DeepInversion
+  cifar10/deepinversion_cifar10.py): no generator; each iteration optimises a batch of pixels.
 - meta: Fast-Datafree (Fang et al., "Up to 100x Faster Data-free Knowledge Distillation", AAAI 2022;
   zju-vipa/Fast-Datafree, datafree/synthesis/fast_meta.py). Each iteration clones the meta generator,
   optimises the clone and a learnable latent batch for g_steps inner steps (BN statistics, CE
@@ -17,7 +19,9 @@ and generator optimiser, so checkpoints and exact resume cover it with nothing m
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable, Dict
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +43,21 @@ def jitter(x: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.roll(x, shifts=shift, dims=(2, 3))
 
 
+def balanced_labels(n: int, k: int, device: torch.device) -> torch.Tensor:
+    """n class labels, every class n/k times (+-1), in random order."""
+    return (torch.arange(n) % k)[torch.randperm(n)].to(device)
+
+
 def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
     cfg, m = d.cfg, d.m
     m.student.requires_grad_(False)  # G's loss must not spend time on student gradients
     if d.bn_hook:
         d.bn_hook.enabled = True
+    # A class-conditional G (gen_labels) is asked for balanced target classes; otherwise oh targets
+    # the teacher's own argmax (DAFL).
+    labels = balanced_labels(cfg.batch_size, d.spec.num_classes, d.plan.device) if m.generator.num_classes else None
     with d.plans["teacher"].autocast():
-        raw = m.generator(d._z(cfg.batch_size))
+        raw = m.generator(d._z(cfg.batch_size), labels)
         x = jitter(raw, cfg.g_jitter)
         t_logits = m.teacher(d._fmt(x, "teacher"))
     with d.plans["student"].autocast():
@@ -54,15 +66,15 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
         d.bn_hook.enabled = False
     terms: Dict[str, torch.Tensor] = {}
     if cfg.w_oh:
-        terms["oh"] = L.one_hot_loss(t_logits)
+        terms["oh"] = L.one_hot_loss(t_logits) if labels is None else F.cross_entropy(t_logits.float(), labels)
     if cfg.w_act:
         terms["act"] = L.activation_loss(d.feat_hook.features)
     if cfg.w_bal:
         terms["bal"] = L.balance_loss(t_logits)
     if cfg.w_tv:
-        terms["tv"] = L.total_variation_loss(raw)
+        terms["tv"] = L.TV_LOSSES[cfg.tv_loss](raw)
     if cfg.w_bn:
-        terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop())
+        terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop(), cfg.bn_first)
     if cfg.w_adv:
         terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
     weights = {"oh": cfg.w_oh, "act": cfg.w_act, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv, "tv": cfg.w_tv}
@@ -94,6 +106,7 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     fast = copy.deepcopy(m.generator).train()
     z = d._z(n).requires_grad_(True)
     targets = torch.randint(0, k, (n,), device=z.device)
+    labels = targets if fast.num_classes else None
     lr = m.opt_g.param_groups[0]["lr"]  # the run's schedule, set for this iteration
     inner = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": cfg.lr_z * lr / cfg.lr_g}],
                              lr=lr, betas=(0.5, 0.999))
@@ -105,7 +118,7 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         if d.bn_hook:
             d.bn_hook.enabled = True
         with d.plans["teacher"].autocast():
-            x = random_flip(random_shift(fast(z)))
+            x = random_flip(random_shift(fast(z, labels)))
             t_logits = m.teacher(d._fmt(x, "teacher"))
         with d.plans["student"].autocast():
             s_logits = m.student(d._fmt(x, "student")) if cfg.w_adv else None
@@ -113,7 +126,7 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
             d.bn_hook.enabled = False
         terms = {"oh": F.cross_entropy(t_logits.float(), targets)}
         if cfg.w_bn:
-            terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop())
+            terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop(), cfg.bn_first)
         if cfg.w_adv:
             terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
         weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv}
@@ -138,7 +151,91 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     return {key: v.detach() for key, v in terms.items()}
 
 
-SYNTHESIZERS: Dict[str, Callable[[Distiller], Dict[str, torch.Tensor]]] = {
-    "generator": generator_synthesis,
-    "meta": meta_synthesis,
+def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
+    """DeepInversion: a fresh batch of pixels (Gaussian noise) optimised for g_steps against the teacher:
+    CE to balanced target classes, the BN-statistics prior (first layer weighted by bn_first), total
+    variation and l2 priors, each step on a randomly rolled (and, with g_flip, mirrored) copy; the
+    lowest-loss batch is kept, as the reference keeps its best inputs. Pixels are clipped to what a
+    camera can deliver in the teacher's normalisation (DataFree's clip_images). With w_adv, the
+    adversarial term makes it Adaptive DeepInversion. A slice of every batch is withheld from the
+    student as held-out images (d.heldout): there is no generator to draw them from."""
+    cfg, m = d.cfg, d.m
+    k, n, dev = d.spec.num_classes, cfg.batch_size, d.plan.device
+    m.student.requires_grad_(False)
+    x = torch.randn(n, *d.spec.input_shape, device=dev).requires_grad_(True)
+    labels = balanced_labels(n, k, dev)
+    lo, hi = ((torch.tensor(b, device=dev).reshape(1, -1, 1, 1) - torch.tensor(d.spec.mean, device=dev).reshape(1, -1, 1, 1))
+              / torch.tensor(d.spec.std, device=dev).reshape(1, -1, 1, 1) for b in ([0.0], [1.0]))
+    lr = m.opt_g.param_groups[0]["lr"]  # the run's schedule, set for this iteration
+    opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.99))
+    best_loss, best = float("inf"), x.detach().clone()
+    weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv, "tv": cfg.w_tv, "l2": cfg.w_l2}
+    start = time.perf_counter()
+    for i in range(cfg.g_steps):
+        # A batch of the paper's 2000 steps outlasts a CPU budget: the run's clock ends it early.
+        if i and cfg.time_budget and d.elapsed + time.perf_counter() - start >= cfg.time_budget:
+            break
+        xa = jitter(x, cfg.g_jitter)
+        if cfg.g_flip and bool(torch.rand(()) < 0.5):
+            xa = xa.flip(3)
+        if d.bn_hook:
+            d.bn_hook.enabled = True
+        with d.plans["teacher"].autocast():
+            t_logits = m.teacher(d._fmt(xa, "teacher"))
+        with d.plans["student"].autocast():
+            s_logits = m.student(d._fmt(xa, "student")) if cfg.w_adv else None
+        if d.bn_hook:
+            d.bn_hook.enabled = False
+        terms = {"oh": F.cross_entropy(t_logits.float(), labels)}
+        if cfg.w_bn:
+            terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop(), cfg.bn_first)
+        if cfg.w_adv:
+            terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
+        if cfg.w_tv:
+            terms["tv"] = L.TV_LOSSES[cfg.tv_loss](xa)
+        if cfg.w_l2:
+            terms["l2"] = torch.norm(xa.float())
+        loss = sum(weights[key] * v for key, v in terms.items())
+        if float(loss.detach()) < best_loss:
+            best_loss, best = float(loss.detach()), x.detach().clone()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+    with torch.no_grad(), d.plans["teacher"].autocast():
+        t_best = m.teacher(d._fmt(best, "teacher")).float()
+    m.student.requires_grad_(True)
+    hold = min(max(1, n // 8), n - 1, d.heldout.capacity)
+    if hold:
+        d.heldout.push(best[:hold], t_best[:hold])
+    d._last_batch = (best[hold:], t_best[hold:])
+    terms["loss_g"] = torch.tensor(best_loss)
+    terms["top_class_share"] = torch.bincount(t_best.argmax(1), minlength=k).max() / n
+    return {key: v.detach() for key, v in terms.items()}
+
+
+def generator_heldout(d: Distiller) -> Optional[torch.Tensor]:
+    """Held-out images of the current generator: fixed latents, never trained on."""
+    gen = copy.deepcopy(d.m.generator).train()  # batch statistics, like training; G itself untouched
+    with torch.no_grad(), d.plans["teacher"].autocast():
+        return torch.cat([gen(d.eval_z[i:i + 256]) for i in range(0, len(d.eval_z), 256)]).float()
+
+
+def withheld_heldout(d: Distiller) -> Optional[torch.Tensor]:
+    """The newest images the synthesizer withheld from the student (None before the first)."""
+    return d.heldout.x[: len(d.heldout)] if len(d.heldout) else None
+
+
+@dataclass(frozen=True)
+class Synthesizer:
+    run: Callable[[Distiller], Dict[str, torch.Tensor]]  # one iteration's images, left in d._last_batch
+    heldout: Callable[[Distiller], Optional[torch.Tensor]]  # images for agreement, never trained on
+    trains_generator: bool  # False: no generator.pt; export calibrates on the run's saved images
+
+
+SYNTHESIZERS: Dict[str, Synthesizer] = {
+    "generator": Synthesizer(generator_synthesis, generator_heldout, True),
+    "meta": Synthesizer(meta_synthesis, generator_heldout, True),
+    "inversion": Synthesizer(inversion_synthesis, withheld_heldout, False),
 }

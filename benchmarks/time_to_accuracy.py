@@ -1,0 +1,231 @@
+"""Time-to-accuracy benchmark (issue 13 point 6): every (teacher, method, seed) distils for the same
+wall-clock budget; the student's accuracy on real labelled images (measurement only: no distillation
+step sees one) is logged every `--eval-every` seconds, so each run is a curve of accuracy against time.
+
+Teachers are self-trained stand-ins for files users bring (none of them is shipped except the demo):
+each entry of TEACHERS says how `scripts/train_teacher.py` makes it, so the table can be remade.
+
+    python benchmarks/time_to_accuracy.py run --teachers demo,mnist-wrn16-2 --methods auto,dafl \\
+        --seeds 0,1,2 --budget 600 --jobs 2          # two runs side by side, one torch thread each
+    python benchmarks/time_to_accuracy.py report      # table + plot from every row recorded so far
+
+Rows append to benchmarks/results/time-to-accuracy.jsonl (one per run, with its curve, the CPU flags
+and the torch threads it had), so a table can be filled over several sittings; `report` writes
+time-to-accuracy.md and .png. Compare rows only within one sitting and machine kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+RESULTS = Path(__file__).parent / "results"
+ROWS = RESULTS / "time-to-accuracy.jsonl"
+TEACHER_DIR = Path(os.environ.get("EDGEKD_TEACHERS", "/tmp/teachers"))
+TRAIN = "python scripts/train_teacher.py"
+
+
+@dataclass(frozen=True)
+class Teacher:
+    file: str  # under TEACHER_DIR ("demo": the shipped teacher)
+    data: str  # labelled images the student is measured on
+    student: str
+    train: str  # the command that made the file
+    overrides: Dict[str, Any] = field(default_factory=dict)  # input contract the file does not carry
+    has_bn: bool = False
+
+
+TEACHERS: Dict[str, Teacher] = {
+    "demo": Teacher("demo", "fashion-mnist", "lenet5-half", "shipped (edgekd/assets)"),
+    "fmnist-lenet5-ts": Teacher(
+        "fmnist_lenet5.ts", "fashion-mnist", "lenet5-half",
+        f"{TRAIN} --arch lenet5 --data fashion-mnist:train --test fashion-mnist --mean 0.286 --std 0.353 "
+        "--epochs 6 --seed 1 --format torchscript", {"mean": (0.286,), "std": (0.353,), "input_size": (32, 32)}),
+    "mnist-lenet5-dafl": Teacher(
+        "mnist_lenet5_dafl.ts", "/tmp/teachers/mnist_holdout.npz", "lenet5-half",
+        f"{TRAIN} --arch lenet5 --data mnist --holdout 1000 --mean 0.1307 --std 0.3081 --epochs 10 "
+        "--format torchscript-dafl --save-holdout mnist_holdout.npz",
+        {"mean": (0.1307,), "std": (0.3081,), "input_size": (32, 32)}),
+    "mnist-wrn16-2": Teacher(
+        "mnist_wrn16-2.pt", "/tmp/teachers/mnist_holdout.npz", "lenet5",
+        f"{TRAIN} --arch wrn16-2 --data mnist --holdout 1000 --channels 3 --epochs 8 --format state_dict "
+        "--save-holdout mnist_holdout.npz", {"mean": (0.5,), "std": (0.5,)}, has_bn=True),
+    "fmnist-resnet18": Teacher(
+        "fmnist_resnet18.pt", "fashion-mnist", "mobilenet_v2",
+        f"{TRAIN} --arch resnet18 --data fashion-mnist:train --test fashion-mnist --channels 3 --size 32 "
+        "--epochs 1 --format state_dict", {"mean": (0.5,), "std": (0.5,), "input_size": (32, 32)}, has_bn=True),
+}
+
+
+def teacher_path(name: str) -> Path:
+    from edgekd.cli.distill_cmd import demo_teacher_path
+
+    t = TEACHERS[name]
+    return demo_teacher_path() if t.file == "demo" else TEACHER_DIR / t.file
+
+
+def run_one(teacher: str, method: str, seed: int, budget: float, eval_every: float, sets: Dict[str, Any],
+            tag: str) -> Dict[str, Any]:
+    import torch
+
+    from edgekd.cpu import cpu_summary
+    from edgekd.data.datasets import load_dataset
+    from edgekd.distill.config import resolve_config
+    from edgekd.distill.loop import distill
+    from edgekd.models.checkpoint import load_model
+
+    t = TEACHERS[teacher]
+    loaded = load_model(teacher_path(teacher), spec_overrides=dict(t.overrides))
+    cfg = resolve_config(method, overrides={"student": t.student, "time_budget": budget, "seed": seed,
+                                            "eval_every_s": eval_every, **sets}, teacher=loaded)
+    run_dir = Path("/tmp/edgekd-tta") / f"{teacher}-{method}-{seed}{'-' + tag if tag else ''}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.time()
+    result = distill(loaded, cfg, run_dir, load_dataset(t.data))
+    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    curve = [(h["time"], h["accuracy"], h.get("agreement_pool")) for h in history if "accuracy" in h]
+    return {"teacher": teacher, "method": method, "resolved_method": cfg.method, "seed": seed, "tag": tag,
+            "sets": sets, "budget_s": budget, "steps": result.steps, "s_steps": json.loads(
+                (run_dir / "summary.json").read_text()).get("s_steps"),
+            "accuracy": round(result.metrics["accuracy"], 4), "best_seen": round(max(a for _, a, _ in curve), 4),
+            "teacher_accuracy": round(result.teacher_accuracy, 4), "curve": curve, "events": result.events,
+            "plan": result.plan, "wall_s": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
+            "cpu": cpu_summary(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def sweep(args: argparse.Namespace) -> None:
+    jobs = [(t, m, s) for t in args.teachers.split(",") for m in args.methods.split(",")
+            for s in map(int, args.seeds.split(","))]
+    for name in {t for t, _, _ in jobs}:
+        if not teacher_path(name).exists():
+            sys.exit(f"teacher {name}: {teacher_path(name)} is missing; make it with: {TEACHERS[name].train}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    running: List[subprocess.Popen] = []
+    for teacher, method, seed in jobs:
+        while len(running) >= args.jobs:
+            running = [p for p in running if p.poll() is None] or running
+            if len(running) >= args.jobs:
+                time.sleep(2)
+        cmd = [sys.executable, __file__, "one", teacher, method, str(seed), "--budget", str(args.budget),
+               "--eval-every", str(args.eval_every), "--tag", args.tag] + [x for s in args.set for x in ("--set", s)]
+        running.append(subprocess.Popen(cmd, env=env))
+    for p in running:
+        p.wait()
+
+
+def one(args: argparse.Namespace) -> None:
+    from edgekd.distill.config import parse_sets
+
+    row = run_one(args.teacher, args.method, args.seed, args.budget, args.eval_every, parse_sets(args.set), args.tag)
+    print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(ROWS, "a") as f:  # one short append per run: parallel jobs do not interleave lines
+        f.write(json.dumps(row) + "\n")
+
+
+def _time_to(curve: List[Any], level: float) -> Optional[float]:
+    return next((t for t, a, *_ in curve if a >= level), None)
+
+
+def _cpu_kind(cpu: Dict[str, Any]) -> str:
+    """What PyTorch could use: bf16 on AVX-512-bf16, fp32 on AVX2 (or on an AVX-512 CPU capped to AVX2)."""
+    torch_flags, flags = cpu.get("torch_flags", []), cpu.get("flags", [])
+    kind = "avx512-bf16" if "avx512_bf16" in torch_flags else "avx2"
+    return kind + (" (capped)" if torch_flags != flags else "")
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = [json.loads(x) for x in ROWS.read_text().splitlines() if x.strip()]
+    if args.since:
+        rows = [r for r in rows if r.get("date", "") >= args.since]
+    groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["teacher"], r["method"] + (f" ({r['tag']})" if r.get("tag") else ""), r["budget_s"])].append(r)
+    md = ["# Time to accuracy: data-free distillation on a 2-core CPU", "",
+          "Made by `python benchmarks/time_to_accuracy.py run ...` then `report` (commands and teacher recipes in "
+          "the script). Student accuracy on real labelled images, measured only. Mean over seeds; "
+          "per-seed values in brackets. 'of teacher' = final / teacher accuracy. 'time to 90%' = first "
+          "evaluation at which the student reached 90% of its own run's final accuracy (mean over seeds).", "",
+          "| teacher | BN | method | budget | seeds | G steps | final accuracy | best seen | teacher | of teacher "
+          "| time to 90% | threads | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (teacher, method, budget), rs in sorted(groups.items()):
+        mean = sum(r["accuracy"] for r in rs) / len(rs)
+        best = sum(r["best_seen"] for r in rs) / len(rs)
+        tacc = rs[0]["teacher_accuracy"]
+        times = [_time_to(r["curve"], 0.9 * r["accuracy"]) for r in rs]
+        times = [x for x in times if x is not None]
+        cpu = _cpu_kind(rs[0]["cpu"])
+        seeds = ", ".join(f"{r['accuracy']:.1%}" for r in rs)
+        bn = "yes" if teacher in TEACHERS and TEACHERS[teacher].has_bn else "no"
+        md.append(f"| {teacher} | {bn} | {method} "
+                  f"| {budget:.0f} s | {len(rs)} | {sum(r['steps'] for r in rs) / len(rs):.0f} | {mean:.1%} "
+                  f"({seeds}) | {best:.1%} | {tacc:.1%} | {mean / tacc:.0%} "
+                  f"| {sum(times) / len(times):.0f} s | {rs[0]['torch_threads']} | {cpu} |")
+    (RESULTS / "time-to-accuracy.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    _plot(groups)
+
+
+def _plot(groups: Dict[tuple, List[Dict[str, Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teachers = sorted({k[0] for k in groups})
+    fig, axes = plt.subplots(1, len(teachers), figsize=(4.2 * len(teachers), 3.6), squeeze=False)
+    for ax, teacher in zip(axes[0], teachers):
+        for (t, method, _), rs in sorted(groups.items()):
+            if t != teacher:
+                continue
+            for i, r in enumerate(rs):
+                ts, accs = zip(*[(p[0], p[1]) for p in r["curve"]])
+                ax.plot(ts, accs, lw=1, alpha=0.8, color=f"C{sorted({k[1] for k in groups}).index(method)}",
+                        label=method if i == 0 else None)
+            ax.axhline(rs[0]["teacher_accuracy"], ls="--", color="gray", lw=1)
+        ax.set_title(teacher, fontsize=9)
+        ax.set_xlabel("seconds of distillation")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("student accuracy (real images)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "time-to-accuracy.png", dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--teachers", default=",".join(TEACHERS))
+    r.add_argument("--methods", default="auto")
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--jobs", type=int, default=1)
+    r.add_argument("--threads", type=int, default=0, help="torch threads per run (default: 2 / jobs)")
+    for p in (r, sub.add_parser("one")):
+        p.add_argument("--budget", type=float, default=600)
+        p.add_argument("--eval-every", type=float, default=30)
+        p.add_argument("--set", action="append", default=[])
+        p.add_argument("--tag", default="")
+    o = sub.choices["one"]
+    o.add_argument("teacher", choices=list(TEACHERS))
+    o.add_argument("method")
+    o.add_argument("seed", type=int)
+    rep = sub.add_parser("report")
+    rep.add_argument("--since", default="", help="only rows dated from this 'YYYY-MM-DD HH:MM' on")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        args.threads = args.threads or max(1, 2 // args.jobs)
+    {"run": sweep, "one": one, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
