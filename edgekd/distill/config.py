@@ -42,6 +42,7 @@ class DistillConfig:
     gen_width: int = 128  # generator base channels (DAFL: 128)
     g_jitter: float = 0.0  # > 0: G's batch rolled by up to this fraction of a side (DeepInversion); only with w_bn
     gen_labels: bool = False  # class-conditional G asked for balanced target classes (oh = CE to the label)
+    g_out_lr_mult: float = 1.0  # G's output scale/shift (affine, pixel heads) learn at this multiple of lr_g
     gen_output: str = "bn"  # bn: DAFL's whitened output | affine: + learnt scale/shift | pixel: [0, 1] pixels, normalised
     seed: int = 0
     device: str = "auto"

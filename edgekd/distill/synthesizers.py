@@ -140,7 +140,7 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
                 p.grad += q.grad.float()
         inner.step()
     for group in m.opt_g.param_groups:
-        group["lr"] = lr * cfg.g_steps
+        group["lr"] = lr * cfg.g_steps * group.get("lr_mult", 1.0)
     d.world.average_gradients(meta_params)
     m.opt_g.step()
     m.opt_g.zero_grad(set_to_none=True)
