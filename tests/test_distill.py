@@ -133,7 +133,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path, demo):
     assert steps == sorted(steps)
 
 
-@pytest.mark.parametrize("method", ["adversarial", "fast", "deepinversion"])
+@pytest.mark.parametrize("method", ["adversarial", "adversarial-bn", "fast", "deepinversion"])
 def test_resume_is_exact_on_a_bn_teacher(tmp_path, method):
     """Each synthesizer keeps all its state in the checkpoint: 2 + 2 iterations equal 4."""
     cfg = dict(FAST, iterations=4, seed=1, student="resnet18-cifar", s_steps=2, lr_schedule="constant",

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -144,3 +145,20 @@ def test_deepinversion_pixels_stay_in_range_and_export_calibrates_on_them(tmp_pa
     m = load_manifest(out)
     assert m["calibration"]["source"] == "run images (calib.npz)" and m["calibration"]["count"] == 8
     assert np.load(out / "synthetic.npz")["x"].shape == (4, 3, 16, 16)
+
+
+def test_generator_output_group_learns_at_its_multiple(tmp_path):
+    from edgekd.distill.loop import _lr_factor, _set_lr
+
+    cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 10, "student": "resnet18-cifar",
+                                                   "gen_output": "affine", "g_out_lr_mult": 50.0})
+    d = Distiller(_teacher(tmp_path), cfg, tmp_path / "run")
+    main, out = d.m.opt_g.param_groups
+    assert {id(p) for p in out["params"]} == {id(p) for p in d.m.generator.out_bn.parameters()}
+    assert len(main["params"]) + 2 == len(list(d.m.generator.parameters()))
+    _set_lr(d.m.opt_g, cfg.lr_g * _lr_factor(cfg, 5, 0.0))  # the schedule keeps the ratio
+    assert out["lr"] == pytest.approx(50 * main["lr"]) and main["lr"] < cfg.lr_g
+    plain = Distiller(_teacher(tmp_path), resolve_config("adversarial", overrides={**FAST, "iterations": 1,
+                                                                                   "student": "resnet18-cifar"}),
+                      tmp_path / "plain")
+    assert len(plain.m.opt_g.param_groups) == 1  # one group as before: older checkpoints still load

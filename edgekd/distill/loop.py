@@ -225,6 +225,7 @@ class Distiller:
         self.plans["teacher"].module(t)
         self.plans["teacher"].module(g)
         self.plans["student"].module(s)
+        self._fit_config_to_teacher(t)
         d = Discriminator(k).to(dev) if cfg.w_gan > 0 else None
         self.m = _Models(
             teacher=t, student=s, generator=g, disc=d,
@@ -284,7 +285,8 @@ class Distiller:
             torch.manual_seed(cfg.seed + 1_000_003 * self.world.rank)
 
     # ---------------------------------------------------------------- set-up helpers
-    def _hooks(self, t: nn.Module, s: nn.Module) -> None:
+    def _fit_config_to_teacher(self, t: nn.Module) -> None:
+        """Terms the teacher cannot support are switched off, each with a note, before anything is built."""
         cfg = self.cfg
         scripted = isinstance(t, torch.jit.ScriptModule)
         if scripted and (cfg.w_bn or cfg.w_act or cfg.w_at):
@@ -298,6 +300,13 @@ class Distiller:
             # seeds), on a BN-free one it cost 1 (one seed; benchmarks/TUNING.md round 4).
             self.notes.append("no BN-statistics term: g_jitter (part of that prior) set to 0")
             cfg.g_jitter = 0.0
+        if cfg.g_out_lr_mult != 1 and not cfg.w_bn:
+            # Without the BN prior nothing ties G's output statistics to the data: they keep lr_g.
+            self.notes.append("no BN-statistics term: g_out_lr_mult set to 1")
+            cfg.g_out_lr_mult = 1.0
+
+    def _hooks(self, t: nn.Module, s: nn.Module) -> None:
+        cfg = self.cfg
         self.bn_hook = BNStatsHook(t) if cfg.w_bn else None
         self.feat_hook = PenultimateHook(t) if cfg.w_act else None
         if self.feat_hook is not None and not self.feat_hook.available:
