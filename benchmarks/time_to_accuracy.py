@@ -149,7 +149,8 @@ def report(args: argparse.Namespace) -> None:
         rows = [r for r in rows if r.get("date", "") >= args.since]
     groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[(r["teacher"], r["method"] + (f" ({r['tag']})" if r.get("tag") else ""), r["budget_s"])].append(r)
+        method = r["method"] if r["resolved_method"] == r["method"] else f"{r['method']} ({r['resolved_method']})"
+        groups[(r["teacher"], method + (f" [{r['tag']}]" if r.get("tag") else ""), r["budget_s"])].append(r)
     md = ["# Time to accuracy: data-free distillation on a 2-core CPU", "",
           "Made by `python benchmarks/time_to_accuracy.py run ...` then `report` (commands and teacher recipes in "
           "the script). Student accuracy on real labelled images, measured only. Mean over seeds; "

@@ -162,3 +162,26 @@ def test_torchscript_in_another_layout_is_matched_by_position_and_checked(tmp_pa
     torch.jit.script(_DaflLeNet5(torch.tanh).eval()).save(str(tmp_path / "tanh.pt"))
     kept = load_model(tmp_path / "tanh.pt", spec_overrides={"input_size": (32, 32)})
     assert isinstance(kept.model, torch.jit.ScriptModule) and "outputs differ" in kept.notes[0]
+
+
+def test_train_teacher_writes_dafl_layout_torchscript(tmp_path):
+    """scripts/train_teacher.py --format torchscript-dafl: the same weights in DAFL's layout, with its
+    extra forward argument; edgekd loads it back as an eager lenet5 with the same outputs."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_teacher", Path(__file__).resolve().parent.parent / "scripts" / "train_teacher.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    model = create_model("lenet5", 10, 1).eval()
+    dafl = mod.DaflLeNet5.from_lenet5(model)
+    x = torch.randn(4, 1, 32, 32)
+    assert torch.equal(dafl(x), model(x)) and torch.equal(dafl(x, True), model(x))
+    torch.jit.script(dafl).save(str(tmp_path / "dafl.pt"))
+    loaded = load_model(tmp_path / "dafl.pt")
+    assert loaded.spec.arch == "lenet5" and not isinstance(loaded.model, torch.jit.ScriptModule)
+    assert torch.allclose(loaded.model(x), model(x), atol=1e-6)
+    with pytest.raises(SystemExit, match="needs --arch lenet5"):
+        mod.DaflLeNet5.from_lenet5(create_model("lenet5-half", 10, 1))

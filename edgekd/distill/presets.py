@@ -18,6 +18,12 @@ Reference formulations (docs/method.md and the public DataFree benchmark):
          three seeds). act is available but 0 by default: it is unbounded and, over runs longer
          than ~2 minutes, pulled the images off the data (real accuracy fell while synthetic
          agreement rose). Tuned on three self-trained teachers: see benchmarks/TUNING.md.
+- adversarial-bn: the default's weights plus DeepInversion's whole BN prior for BatchNorm teachers (first
+         layer x10; G's output scale/shift learning at 50x lr_g, so they can reach the input statistics the
+         first layer was fitted to within ~50 steps): WRN-16-2 MNIST 98.3% -> LeNet-5 in 150 G steps 24.7%
+         -> 50.6% (seed 0; TUNING.md round 8). What `auto` picks for a teacher with readable BN statistics.
+- fast, deepinversion: the inversion family on its own synthesizers (below).
+- auto (the CLI default): choose_method() picks one of these by what the teacher is.
 """
 
 from __future__ import annotations
