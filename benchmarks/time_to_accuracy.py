@@ -103,8 +103,8 @@ def run_one(teacher: str, method: str, seed: int, budget: float, eval_every: flo
 
 
 def sweep(args: argparse.Namespace) -> None:
-    jobs = [(t, m, s) for t in args.teachers.split(",") for m in args.methods.split(",")
-            for s in map(int, args.seeds.split(","))]
+    jobs = [(t, m, s) for t in args.teachers.split(",") for s in map(int, args.seeds.split(","))
+            for m in args.methods.split(",")]  # methods of one seed side by side: the same load on both
     for name in {t for t, _, _ in jobs}:
         if not teacher_path(name).exists():
             sys.exit(f"teacher {name}: {teacher_path(name)} is missing; make it with: {TEACHERS[name].train}")
@@ -112,9 +112,8 @@ def sweep(args: argparse.Namespace) -> None:
     running: List[subprocess.Popen] = []
     for teacher, method, seed in jobs:
         while len(running) >= args.jobs:
-            running = [p for p in running if p.poll() is None] or running
-            if len(running) >= args.jobs:
-                time.sleep(2)
+            time.sleep(2)
+            running = [p for p in running if p.poll() is None]
         cmd = [sys.executable, __file__, "one", teacher, method, str(seed), "--budget", str(args.budget),
                "--eval-every", str(args.eval_every), "--tag", args.tag] + [x for s in args.set for x in ("--set", s)]
         running.append(subprocess.Popen(cmd, env=env))
