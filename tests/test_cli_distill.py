@@ -17,6 +17,8 @@ def test_users_own_command_torchvision_state_dict(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{"):])
     assert summary["student"] == "mobilenet_v2" and summary["teacher"]["spec"]["arch"] == "resnet34"
+    # the README's command names no method: auto sees a BatchNorm teacher and says so
+    assert summary["method"] == "adversarial-bn" and "BatchNorm teacher" in summary["method_choice"]
     assert (tmp_path / "run" / "student.pt").exists()
 
 
@@ -25,6 +27,7 @@ def test_demo_distill_with_eval_data(tmp_path):
                                  "--set", "eval_images=500", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "teacher accuracy" in result.output and "student accuracy" in result.output
+    assert "method auto chose adversarial" in " ".join(result.output.split())  # the BN-free demo teacher
 
 
 def test_distill_bad_inputs(tmp_path):

@@ -125,6 +125,7 @@ def distill_cmd(
     table = Table(title=f"distilled in {result.seconds:.0f}s, {result.steps} steps ({result.plan})", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
+    table.add_row("method", cfg.method + (f" (auto: {cfg.method_choice})" if cfg.method_choice else ""))
     if result.teacher_accuracy is not None:
         table.add_row("teacher accuracy", f"{result.teacher_accuracy:.2%}  ({data.source})")
         table.add_row("student accuracy", f"{result.metrics['accuracy']:.2%}")

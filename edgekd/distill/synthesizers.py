@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +99,26 @@ def generator_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     return terms
 
 
+def targeted_terms(d: Distiller, x: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Teacher (and, for adv, student) on images asked to show `targets`: the teacher's logits and the
+    oh (CE to the targets), bn and adv terms that Fast-Datafree and DeepInversion share."""
+    cfg, m = d.cfg, d.m
+    if d.bn_hook:
+        d.bn_hook.enabled = True
+    with d.plans["teacher"].autocast():
+        t_logits = m.teacher(d._fmt(x, "teacher"))
+    with d.plans["student"].autocast():
+        s_logits = m.student(d._fmt(x, "student")) if cfg.w_adv else None
+    if d.bn_hook:
+        d.bn_hook.enabled = False
+    terms = {"oh": F.cross_entropy(t_logits.float(), targets)}
+    if cfg.w_bn:
+        terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop(), cfg.bn_first)
+    if cfg.w_adv:
+        terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
+    return t_logits, terms
+
+
 def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     cfg, m = d.cfg, d.m
     k, n = d.spec.num_classes, cfg.batch_size
@@ -115,20 +135,9 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         p.grad = torch.zeros_like(p)
     best_loss, best = float("inf"), None
     for _ in range(cfg.g_steps):
-        if d.bn_hook:
-            d.bn_hook.enabled = True
         with d.plans["teacher"].autocast():
             x = random_flip(random_shift(fast(z, labels)))
-            t_logits = m.teacher(d._fmt(x, "teacher"))
-        with d.plans["student"].autocast():
-            s_logits = m.student(d._fmt(x, "student")) if cfg.w_adv else None
-        if d.bn_hook:
-            d.bn_hook.enabled = False
-        terms = {"oh": F.cross_entropy(t_logits.float(), targets)}
-        if cfg.w_bn:
-            terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop(), cfg.bn_first)
-        if cfg.w_adv:
-            terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
+        t_logits, terms = targeted_terms(d, x, targets)
         weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv}
         loss = sum(weights[key] * v for key, v in terms.items())
         if float(loss.detach()) < best_loss or best is None:  # the reference keeps the batch of lowest loss
@@ -178,19 +187,7 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         xa = jitter(x, cfg.g_jitter)
         if cfg.g_flip and bool(torch.rand(()) < 0.5):
             xa = xa.flip(3)
-        if d.bn_hook:
-            d.bn_hook.enabled = True
-        with d.plans["teacher"].autocast():
-            t_logits = m.teacher(d._fmt(xa, "teacher"))
-        with d.plans["student"].autocast():
-            s_logits = m.student(d._fmt(xa, "student")) if cfg.w_adv else None
-        if d.bn_hook:
-            d.bn_hook.enabled = False
-        terms = {"oh": F.cross_entropy(t_logits.float(), labels)}
-        if cfg.w_bn:
-            terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop(), cfg.bn_first)
-        if cfg.w_adv:
-            terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
+        t_logits, terms = targeted_terms(d, xa, labels)
         if cfg.w_tv:
             terms["tv"] = L.TV_LOSSES[cfg.tv_loss](xa)
         if cfg.w_l2:
