@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Optional
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 # Flags that decide precision and INT8 kernels; recorded with every benchmark row and manifest.
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
@@ -50,6 +50,46 @@ def _numpy_cpuid() -> Dict[str, bool]:
     return dict(feats)
 
 
+# x86-64 machine code for cpuid(leaf, subleaf, out[4]) under the System V ABI (rdi, rsi, rdx):
+# push rbx; mov eax, edi; mov ecx, esi; mov r8, rdx; cpuid; store eax, ebx, ecx, edx at r8; pop rbx; ret.
+_CPUID_CODE = bytes.fromhex("5389f889f14989d00fa241890041895804418948084189500c5bc3")
+_cpuid_fn: Any = None
+
+
+def _cpuid(leaf: int, subleaf: int = 0) -> Optional[Tuple[int, int, int, int]]:
+    """The CPUID instruction itself (eax, ebx, ecx, edx), for the features numpy's probe does not know
+    (AVX-VNNI): /proc/cpuinfo shows the host's flags even under an emulator. None where it cannot run."""
+    global _cpuid_fn
+    if platform.machine() not in ("x86_64", "AMD64") or os.name != "posix":
+        return None
+    try:
+        if _cpuid_fn is None:
+            import ctypes
+            import mmap
+
+            buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+            buf.write(_CPUID_CODE)
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+            fn = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32 * 4))(addr)
+            _cpuid_fn = (fn, buf)  # the buffer must outlive the function
+        out = (__import__("ctypes").c_uint32 * 4)()
+        _cpuid_fn[0](leaf, subleaf, out)
+        return tuple(out)  # type: ignore[return-value]
+    except (OSError, ValueError, TypeError, AttributeError):  # no executable mapping allowed here
+        return None
+
+
+def _has_avx_vnni() -> Optional[bool]:
+    """CPUID leaf 7 subleaf 1, EAX bit 4 (needs max leaf >= 7); None when CPUID cannot be asked."""
+    top = _cpuid(0)
+    if top is None:
+        return None
+    if top[0] < 7:
+        return False
+    regs = _cpuid(7, 1)
+    return None if regs is None else bool(regs[0] >> 4 & 1)
+
+
 def cpu_flags() -> FrozenSet[str]:
     """Linux flag names of this CPU, checked against CPUID where numpy can tell."""
     flags = set()
@@ -67,6 +107,8 @@ def cpu_flags() -> FrozenSet[str]:
             flags -= {f for f in flags if f.startswith(("avx512", "amx"))}
         if "avx2" not in flags:
             flags.discard("avx_vnni")
+    if "avx_vnni" in flags and _has_avx_vnni() is False:  # numpy cannot tell; CPUID can
+        flags.discard("avx_vnni")
     return frozenset(flags)
 
 

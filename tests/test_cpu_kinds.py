@@ -56,3 +56,19 @@ def test_int8_on_an_avx2_cpu_without_vnni(bundles):
     assert no["warnings"] == []
     # Full-range weights on this CPU: bench says the kernels can saturate, and what to do.
     assert len(got["vnni-yes"]["warnings"]) == 1 and "--vnni no" in got["vnni-yes"]["warnings"][0]
+
+
+def test_cpuid_is_asked_directly_where_numpy_cannot_tell():
+    """AVX-VNNI is not in numpy's probe: edgekd executes CPUID itself. Its vendor string must be the one
+    /proc/cpuinfo names, and its AVX-VNNI bit the kernel's flag (no emulator here)."""
+    from pathlib import Path
+
+    from edgekd.cpu import _cpuid, _has_avx_vnni
+
+    info = Path("/proc/cpuinfo").read_text()
+    vendor = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("vendor_id"))
+    regs = _cpuid(0)
+    assert regs is not None
+    assert b"".join(r.to_bytes(4, "little") for r in (regs[1], regs[3], regs[2])).decode() == vendor
+    flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
+    assert _has_avx_vnni() == ("avx_vnni" in flags)
