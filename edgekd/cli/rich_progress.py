@@ -35,7 +35,14 @@ class RichProgress(ProgressBase):
             self._bar.update(self._task, completed=fraction, live=f"step {step}  " + _fmt(fields or {}))
 
     def message(self, text: str) -> None:
-        (self._bar.console if self._bar else self.console).print(f"[yellow]•[/] {text}")
+        console = self._bar.console if self._bar else self.console
+        if not console.is_terminal:
+            # Piped (a log, or ssh back to `bench --remote`): one plain line now. Through a live bar
+            # Rich may hold such lines back or drop them when there is no terminal (seen in CI).
+            console.file.write(f"• {text}\n")
+            console.file.flush()
+            return
+        console.print(f"[yellow]•[/] {text}")
 
     def stop(self) -> None:
         if self._bar is not None:
