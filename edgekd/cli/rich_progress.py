@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Dict, Optional
 
 from rich.console import Console
@@ -39,7 +40,8 @@ class RichProgress(ProgressBase):
         if not console.is_terminal:
             # Piped (a log, or ssh back to `bench --remote`): one plain line now. Through a live bar
             # Rich may hold such lines back or drop them when there is no terminal (seen in CI).
-            console.file.write(f"• {text}\n")
+            lines = textwrap.wrap(f"• {text}", width=console.width, subsequent_indent="  ", break_on_hyphens=False)
+            console.file.write("".join(line + "\n" for line in lines))
             console.file.flush()
             return
         console.print(f"[yellow]•[/] {text}")
