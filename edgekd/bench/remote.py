@@ -95,10 +95,25 @@ def _run(remote: Remote, command: str, stdin: Optional[bytes] = None, what: str 
                 if on_line:
                     on_line(line.strip())
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    out, _ = proc.communicate(stdin)
-    reader.join()
+    def write_stdin() -> None:
+        try:
+            if stdin is not None:
+                proc.stdin.write(stdin)  # type: ignore[union-attr]
+        except BrokenPipeError:  # the device refused early (its reason comes on stderr)
+            pass
+        finally:
+            if proc.stdin is not None:
+                proc.stdin.close()
+
+    # Not proc.communicate(): it reads stderr too, racing this reader for the device's lines (CI lost the
+    # device's progress and its refusal message that way). Each pipe has exactly one reader here.
+    threads = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=write_stdin, daemon=True)]
+    for t in threads:
+        t.start()
+    out = proc.stdout.read()  # type: ignore[union-attr]
+    proc.wait()
+    for t in threads:
+        t.join()
     if proc.returncode == 0:
         return out
     last = lines[-1] if lines else f"exit status {proc.returncode}"
