@@ -96,3 +96,17 @@ def test_total_variation_hand_checked():
     stripes = torch.zeros(1, 1, 4, 4)
     stripes[..., 1::2] = 1.0  # vertical stripes: every horizontal and diagonal neighbour differs by 1
     assert float(total_variation_loss(stripes)) == pytest.approx(3.0)
+
+
+def test_dafl_features_are_the_classifiers_input():
+    """DAFL's f_T on its LeNet-5 is conv3's output (120 values), the input of fc1, not of the last layer."""
+    from edgekd.distill.hooks import ClassifierInputHook
+    from edgekd.models.registry import create_model
+
+    model = create_model("lenet5", num_classes=10, in_channels=1).eval()
+    hook = ClassifierInputHook(model)
+    x = torch.randn(3, 1, 32, 32)
+    model(x)
+    assert hook.features is not None and hook.features.shape == (3, 120)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert hook.features.shape[1] == linears[0].in_features != linears[-1].in_features

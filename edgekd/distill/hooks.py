@@ -42,13 +42,15 @@ class BNStatsHook:
             h.remove()
 
 
-class PenultimateHook:
-    """The input of the model's last nn.Linear (DAFL's f_T)."""
+class ClassifierInputHook:
+    """DAFL's f_T: what the convolutions hand the classifier, i.e. the input of the model's *first*
+    nn.Linear. DAFL's own LeNet-5 returns conv3's output there (the input of fc1, not of the last layer
+    fc2); on a single-Linear head (ResNet, WRN, MobileNet) first and last are the same layer."""
 
     def __init__(self, model: nn.Module) -> None:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         self.features: Optional[torch.Tensor] = None
-        self._handle = linears[-1].register_forward_pre_hook(self._hook) if linears else None
+        self._handle = linears[0].register_forward_pre_hook(self._hook) if linears else None
 
     @property
     def available(self) -> bool:

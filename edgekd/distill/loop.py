@@ -35,7 +35,7 @@ from edgekd.distill.config import DistillConfig
 from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.distributed import World
 from edgekd.distill.generator import Generator
-from edgekd.distill.hooks import BNStatsHook, FeatureMapHook, PenultimateHook, has_batchnorm
+from edgekd.distill.hooks import BNStatsHook, ClassifierInputHook, FeatureMapHook, has_batchnorm
 from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
 from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
 from edgekd.distill.replay import ReplayMemory
@@ -308,7 +308,7 @@ class Distiller:
     def _hooks(self, t: nn.Module, s: nn.Module) -> None:
         cfg = self.cfg
         self.bn_hook = BNStatsHook(t) if cfg.w_bn else None
-        self.feat_hook = PenultimateHook(t) if cfg.w_act else None
+        self.feat_hook = ClassifierInputHook(t) if cfg.w_act else None
         if self.feat_hook is not None and not self.feat_hook.available:
             self.notes.append("teacher has no nn.Linear head: act weight set to 0")
             cfg.w_act = 0.0

@@ -21,7 +21,8 @@ def one_hot_loss(t_logits: torch.Tensor) -> torch.Tensor:
 
 
 def activation_loss(features: torch.Tensor) -> torch.Tensor:
-    """DAFL `act`: -mean |f_T(x)|, f_T the input of the teacher's last linear layer."""
+    """DAFL `act`: -mean |f_T(x)|, f_T what the convolutions hand the classifier
+    (the input of the teacher's first linear layer, as DAFL's lenet.py returns it)."""
     return -features.float().abs().mean()
 
 
