@@ -170,9 +170,38 @@ def report(args: argparse.Namespace) -> None:
                   f"| {budget:.0f} s | {len(rs)} | {sum(r['steps'] for r in rs) / len(rs):.0f} | {mean:.1%} "
                   f"({seeds}) | {best:.1%} | {tacc:.1%} | {mean / tacc:.0%} "
                   f"| {sum(times) / len(times):.0f} s | {rs[0]['torch_threads']} | {cpu} |")
+    md += _against_reference(rows)
     (RESULTS / "time-to-accuracy.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     _plot(groups)
+
+
+def _side_by_side(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Both rows finished within a few minutes of each other: run together, in one sitting."""
+    stamp = [time.mktime(time.strptime(r["date"], "%Y-%m-%d %H:%M")) for r in (a, b)]
+    return abs(stamp[0] - stamp[1]) <= 600
+
+
+def _against_reference(rows: List[Dict[str, Any]]) -> List[str]:
+    """Issue 13's comparison with the reference DAFL code (benchmarks/reference_dafl.py): per teacher and
+    budget, edgekd's default against the reference, seed for seed, and how soon edgekd's curve reached
+    the accuracy the reference ended with (its first evaluation is an upper bound on that time)."""
+    ref = {(r["teacher"], r["budget_s"], r["seed"]): r for r in rows if r["method"] == "reference-dafl"}
+    out = []
+    for r in rows:
+        other = ref.get((r["teacher"], r["budget_s"], r["seed"]))
+        if other is None or r["method"] != "auto" or r.get("tag") or not _side_by_side(r, other):
+            continue
+        reached = _time_to(r["curve"], other["accuracy"])
+        when = "-" if reached is None else f"{reached:.0f} s ({other['budget_s'] / reached:.0f}x sooner)"
+        out.append(f"| {r['teacher']} | {r['seed']} | {r['budget_s']:.0f} s | {r['accuracy']:.1%} | "
+                   f"{other['accuracy']:.1%} ({other['steps']} iterations) | {r['accuracy'] / other['accuracy']:.2f}x | "
+                   f"{when} |")
+    if not out:
+        return []
+    return ["", "## Against the reference DAFL code (`benchmarks/reference_dafl.py`), same teacher, machine, budget",
+            "", "| teacher | seed | budget | edgekd auto | reference DAFL | accuracy ratio | edgekd reached the "
+            "reference's final accuracy at |", "|---|---|---|---|---|---|---|", *out]
 
 
 def _plot(groups: Dict[tuple, List[Dict[str, Any]]]) -> None:

@@ -39,3 +39,25 @@ def test_distill_bad_inputs(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == code, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_grey_teacher_gets_grey_images(tmp_path):
+    """--grey: a 3-channel teacher of grey data (ImageNet normalisation, as an X-ray on an RGB backbone) is
+    distilled from pictures that are the same in every channel, and the setting is kept for --resume."""
+    import numpy as np
+
+    torch.save(create_model("lenet5", 10, 3).state_dict(), tmp_path / "t.pt")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    args = ["distill", str(tmp_path / "t.pt"), "--teacher-arch", "lenet5", "--input-size", "32",
+            "--mean", ",".join(map(str, mean)), "--std", ",".join(map(str, std)), "--batch-size", "8",
+            "--set", "calib_images=16", "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, [*args, "--iterations", "1", "--grey"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["gen_grey"] is True
+    x = np.load(tmp_path / "run" / "calib.npz")["x"]
+    pixels = x * np.array(std).reshape(1, 3, 1, 1) + np.array(mean).reshape(1, 3, 1, 1)
+    assert x.shape[1] == 3 and np.allclose(pixels[:, 1], pixels[:, 0], atol=1e-4)
+    assert np.allclose(pixels[:, 2], pixels[:, 0], atol=1e-4)
+    result = runner.invoke(app, [*args, "--iterations", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["gen_grey"] is True

@@ -37,3 +37,22 @@ def test_bn_output_is_whitened_per_channel():
 def test_unknown_output_is_refused():
     with pytest.raises(ValueError, match="pixel"):
         Generator(16, (1, 32, 32), 16, "rgb")
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_grey_generator_writes_one_picture_into_every_channel(output):
+    """ImageNet's per-channel normalisation, as a grey X-ray fed to an RGB backbone gets it: after undoing
+    each channel's own (x * std + mean), the three channels are the same picture; the round trip keeps it."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    g = Generator(16, (3, 32, 32), 16, output, mean, std, grey=True)
+    z = torch.randn(8, 16)
+    x = g.train()(z)
+    pixels = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert torch.allclose(pixels[:, 1], pixels[:, 0], atol=1e-5) and torch.allclose(pixels[:, 2], pixels[:, 0], atol=1e-5)
+    assert pixels[:, 0].std() > 0.05  # a picture, not a constant
+    g2 = Generator.from_description(g.describe())
+    g2.load_state_dict(g.state_dict())
+    assert torch.equal(g2.eval()(z), g.eval()(z))
+    colour = Generator(16, (3, 32, 32), 16, output, mean, std)
+    px = colour.train()(z) * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert not torch.allclose(px[:, 1], px[:, 0], atol=1e-3)  # the default does make colour

@@ -41,6 +41,7 @@ class DistillConfig:
     latent_dim: int = 100
     gen_width: int = 128  # generator base channels (DAFL: 128)
     g_jitter: float = 0.0  # > 0: G's batch rolled by up to this fraction of a side (DeepInversion); only with w_bn
+    gen_grey: bool = False  # G makes one grey channel for every input channel (grey data on an RGB teacher)
     gen_labels: bool = False  # class-conditional G asked for balanced target classes (oh = CE to the label)
     g_out_lr_mult: float = 1.0  # G's output scale/shift (affine, pixel heads) learn at this multiple of lr_g
     gen_output: str = "bn"  # bn: DAFL's whitened output | affine: + learnt scale/shift | pixel: [0, 1] pixels, normalised

@@ -30,11 +30,16 @@ class Generator(nn.Module):
     is concatenated to z, so the loss can ask for a given class (CE against the label, as
     DeepInversion, CMI and NAYER ask the teacher for sampled targets) instead of whatever the teacher
     already sees most (DAFL's argmax). Called without labels it makes a balanced cycle of classes.
+
+    grey=True makes one channel and writes the same grey picture into every input channel, each through
+    its own normalisation (pixel p = out * std_0 + mean_0, channel c = (p - mean_c) / std_c): for the
+    teachers of grey data copied to 3 channels (MNIST or X-rays on an RGB backbone), which never saw
+    colour and answer it arbitrarily.
     """
 
     def __init__(self, latent_dim: int, out_shape: Tuple[int, int, int], base_channels: int = 128,
                  output: str = "bn", mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, grey: bool = False) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"generator output must be one of {OUTPUTS}, not {output!r}")
@@ -44,6 +49,7 @@ class Generator(nn.Module):
         self.out_shape = (c, h, w)
         self.output = output
         self.num_classes = num_classes
+        self.grey = grey
         self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
         self.register_buffer("mean", _per_channel(mean, c), persistent=False)
         self.register_buffer("std", _per_channel(std, c), persistent=False)
@@ -63,8 +69,9 @@ class Generator(nn.Module):
             ))
             cin = cout
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Conv2d(cin, c, 3, 1, 1)
-        self.out_bn = nn.BatchNorm2d(c, affine=output != "bn")
+        made = 1 if grey else c
+        self.head = nn.Conv2d(cin, made, 3, 1, 1)
+        self.out_bn = nn.BatchNorm2d(made, affine=output != "bn")
 
     def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.embed is not None:
@@ -76,18 +83,21 @@ class Generator(nn.Module):
         if x.shape[-2:] != self.out_shape[1:]:
             x = F.interpolate(x, size=self.out_shape[1:], mode="bilinear", align_corners=False)
         if self.output == "pixel":
-            return (torch.sigmoid(self.out_bn(self.head(x))) - self.mean) / self.std
-        return self.out_bn(torch.tanh(self.head(x)))  # bn: whitened; affine: then a learnt scale and shift
+            return (torch.sigmoid(self.out_bn(self.head(x))).expand(-1, self.out_shape[0], -1, -1) - self.mean) / self.std
+        out = self.out_bn(torch.tanh(self.head(x)))  # bn: whitened; affine: then a learnt scale and shift
+        if self.grey:  # channel 0's normalised grey, re-normalised for every channel
+            out = (out * self.std[:, :1] + self.mean[:, :1] - self.mean) / self.std
+        return out
 
     def describe(self) -> Dict[str, Any]:
         """Everything `from_description` needs besides the weights (saved in generator.pt)."""
         return {"latent_dim": self.latent_dim, "out_shape": list(self.out_shape), "base_channels": self.base_channels,
-                "output": self.output, "num_classes": self.num_classes, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+                "output": self.output, "num_classes": self.num_classes, "grey": self.grey, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
     @classmethod
     def from_description(cls, d: Dict[str, Any]) -> Generator:
         return cls(d["latent_dim"], tuple(d["out_shape"]), d["base_channels"], d.get("output", "bn"),
-                   d.get("mean", (0.0,)), d.get("std", (1.0,)), d.get("num_classes", 0))
+                   d.get("mean", (0.0,)), d.get("std", (1.0,)), d.get("num_classes", 0), d.get("grey", False))
 
 
 OUTPUTS = ("bn", "affine", "pixel")

@@ -213,7 +213,7 @@ class Distiller:
         s = create_model(cfg.student, k, self.spec.in_channels).to(dev)
         _check_student_takes(s, cfg.student, self.spec)
         g = Generator(cfg.latent_dim, self.spec.input_shape, cfg.gen_width, cfg.gen_output,
-                      self.spec.mean, self.spec.std, k if cfg.gen_labels else 0).to(dev)
+                      self.spec.mean, self.spec.std, k if cfg.gen_labels else 0, cfg.gen_grey).to(dev)
         # Each side gets the fastest plan on this CPU (probe.py); G runs under the teacher's, whose
         # input it makes and through which its gradients flow.
         choices = candidates(self.plan, cfg.precision, cfg.channels_last)
