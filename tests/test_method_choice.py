@@ -51,6 +51,8 @@ def test_auto_choice_is_recorded_and_a_named_method_clears_it(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["method"] == cfg.method and config["method_choice"] == cfg.method_choice
     assert any(n.startswith(f"method auto chose {cfg.method}") for n in config["notes"])
+    # three channels normalised alike (0.5/0.5): the run points at --grey, which it did not use
+    assert any("--grey" in n for n in config["notes"]) and not config["gen_grey"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method_choice"] == cfg.method_choice
     # resume reads the run's settings (method and its reason) back; naming a method drops the reason

@@ -300,6 +300,12 @@ class Distiller:
             # seeds), on a BN-free one it cost 1 (one seed; benchmarks/TUNING.md round 4).
             self.notes.append("no BN-statistics term: g_jitter (part of that prior) set to 0")
             cfg.g_jitter = 0.0
+        spec = self.spec
+        if spec.in_channels > 1 and not cfg.gen_grey and len(set(spec.mean)) == len(set(spec.std)) == 1:
+            # Grey data copied to every channel is normalised alike in each; colour data rarely is.
+            self.notes.append("the teacher's channels share one mean/std: if it learnt from grey images copied to "
+                              "every channel, --grey makes grey images (+24 points on such a teacher, "
+                              "benchmarks/TUNING.md round 10)")
         if cfg.g_out_lr_mult != 1 and not cfg.w_bn:
             # Without the BN prior nothing ties G's output statistics to the data: they keep lr_g.
             self.notes.append("no BN-statistics term: g_out_lr_mult set to 1")
