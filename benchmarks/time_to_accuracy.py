@@ -152,10 +152,11 @@ def report(args: argparse.Namespace) -> None:
         groups[(r["teacher"], method + (f" [{r['tag']}]" if r.get("tag") else ""), r["budget_s"])].append(r)
     md = ["# Time to accuracy: data-free distillation on a 2-core CPU", "",
           "Made by `python benchmarks/time_to_accuracy.py run ...` then `report` (commands and teacher recipes in "
-          "the script). Student accuracy on real labelled images, measured only. Mean over seeds; "
-          "per-seed values in brackets. 'of teacher' = final / teacher accuracy. 'time to 90%' = first "
+          "the script). Student accuracy on real labelled images, measured only. Mean over runs; "
+          "per-run values in brackets (a seed run again in a later sitting counts as another run; "
+          "TUNING.md gives each sitting's pairs). 'of teacher' = final / teacher accuracy. 'time to 90%' = first "
           "evaluation at which the student reached 90% of its own run's final accuracy (mean over seeds).", "",
-          "| teacher | BN | method | budget | seeds | G steps | final accuracy | best seen | teacher | of teacher "
+          "| teacher | BN | method | budget | runs | G steps | final accuracy | best seen | teacher | of teacher "
           "| time to 90% | threads | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (teacher, method, budget), rs in sorted(groups.items()):
         mean = sum(r["accuracy"] for r in rs) / len(rs)
