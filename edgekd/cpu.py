@@ -63,8 +63,9 @@ def _cpuid(leaf: int, subleaf: int = 0) -> Optional[Tuple[int, int, int, int]]:
     if platform.machine() not in ("x86_64", "AMD64") or os.name != "posix":
         return None
     try:
+        import ctypes
+
         if _cpuid_fn is None:
-            import ctypes
             import mmap
 
             buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
@@ -72,7 +73,7 @@ def _cpuid(leaf: int, subleaf: int = 0) -> Optional[Tuple[int, int, int, int]]:
             addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
             fn = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32 * 4))(addr)
             _cpuid_fn = (fn, buf)  # the buffer must outlive the function
-        out = (__import__("ctypes").c_uint32 * 4)()
+        out = (ctypes.c_uint32 * 4)()
         _cpuid_fn[0](leaf, subleaf, out)
         return tuple(out)  # type: ignore[return-value]
     except (OSError, ValueError, TypeError, AttributeError):  # no executable mapping allowed here

@@ -83,7 +83,8 @@ class Generator(nn.Module):
         if x.shape[-2:] != self.out_shape[1:]:
             x = F.interpolate(x, size=self.out_shape[1:], mode="bilinear", align_corners=False)
         if self.output == "pixel":
-            return (torch.sigmoid(self.out_bn(self.head(x))).expand(-1, self.out_shape[0], -1, -1) - self.mean) / self.std
+            # With grey, the one channel broadcasts against every channel's mean and std.
+            return (torch.sigmoid(self.out_bn(self.head(x))) - self.mean) / self.std
         out = self.out_bn(torch.tanh(self.head(x)))  # bn: whitened; affine: then a learnt scale and shift
         if self.grey:  # channel 0's normalised grey, re-normalised for every channel
             out = (out * self.std[:, :1] + self.mean[:, :1] - self.mean) / self.std
