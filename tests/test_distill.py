@@ -133,11 +133,12 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path, demo):
     assert steps == sorted(steps)
 
 
-@pytest.mark.parametrize("method", ["adversarial", "adversarial-bn", "fast", "deepinversion"])
+@pytest.mark.parametrize("method", ["adversarial", "adversarial-bn", "fast", "deepinversion", "nayer"])
 def test_resume_is_exact_on_a_bn_teacher(tmp_path, method):
-    """Each synthesizer keeps all its state in the checkpoint: 2 + 2 iterations equal 4."""
+    """Each synthesizer keeps all its state in the checkpoint: 2 + 2 iterations equal 4 (nayer's
+    generator is re-initialised at iteration 3, after the resume)."""
     cfg = dict(FAST, iterations=4, seed=1, student="resnet18-cifar", s_steps=2, lr_schedule="constant",
-               g_steps=min(PRESETS[method].get("g_steps", 1), 3))
+               g_steps=min(PRESETS[method].get("g_steps", 1), 3), g_life=3)
     distill(_bn_teacher(tmp_path), resolve_config(method, overrides=cfg), tmp_path / "full")
     distill(_bn_teacher(tmp_path), resolve_config(method, overrides={**cfg, "iterations": 2}), tmp_path / "part")
     distill(_bn_teacher(tmp_path), resolve_config(method, overrides=cfg), tmp_path / "part", resume=True)

@@ -66,8 +66,9 @@ class DistillConfig:
     bn_first: float = 1.0  # weight of the first BN layer's term (DeepInversion's first_bn_multiplier: 10)
     kd_loss: str = "kl"
     tau: float = 1.0
-    synthesizer: str = "generator"  # generator: one G | meta: Fast-Datafree's | inversion: DeepInversion's pixels
+    synthesizer: str = "generator"  # generator: one G | meta: Fast-Datafree's | inversion: DeepInversion's pixels | nayer
     lr_z: float = 0.015  # meta: learning rate of the per-batch latents
+    g_life: int = 0  # nayer: the generator is re-initialised every g_life iterations (0: never)
     # schedule
     g_steps: int = 1  # generator steps per iteration (meta: inner steps on one batch)
     s_steps: int = 1  # student steps per G step; with s_time_ratio > 0, the most it may be

@@ -104,6 +104,14 @@ class Generator(nn.Module):
 OUTPUTS = ("bn", "affine", "pixel")
 
 
+def reset_weights(module: nn.Module) -> None:
+    """Every layer back to PyTorch's initial weights (BN running statistics too), drawn from the global
+    random stream, which checkpoints carry: a re-initialised generator resumes exactly."""
+    for m in module.modules():
+        if hasattr(m, "reset_parameters") and m is not module:
+            m.reset_parameters()
+
+
 def _per_channel(values: Sequence[float], c: int) -> torch.Tensor:
     t = torch.tensor([float(v) for v in values], dtype=torch.float32)
     return (t.expand(c) if t.numel() == 1 else t).reshape(1, c, 1, 1).clone()

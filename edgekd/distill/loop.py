@@ -34,7 +34,7 @@ from edgekd.distill import evaluation, student
 from edgekd.distill.config import DistillConfig
 from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.distributed import World
-from edgekd.distill.generator import Generator
+from edgekd.distill.generator import Generator, reset_weights
 from edgekd.distill.hooks import BNStatsHook, ClassifierInputHook, FeatureMapHook, has_batchnorm
 from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
 from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
@@ -177,12 +177,6 @@ def _check_student_takes(student: nn.Module, name: str, spec: ModelSpec) -> None
         raise UsageError(f"student {name} cannot take the teacher's {size} input ({str(e).splitlines()[0][:80]}): "
                          "choose another --student (edgekd models lists them)") from None
     student.train()
-
-
-def _reset_weights(module: nn.Module) -> None:
-    for m in module.modules():
-        if hasattr(m, "reset_parameters") and m is not module:
-            m.reset_parameters()
 
 
 class Distiller:
@@ -402,7 +396,7 @@ class Distiller:
                     f"the generator collapsed to one class {self.collapses} times (step {self.step}): this teacher "
                     "needs another setting, e.g. --set w_bal=20 or --method dfq; the last state is in "
                     f"{self.rundir / RunDir.CHECKPOINT}")
-            _reset_weights(self.m.generator)
+            reset_weights(self.m.generator)
             self.world.sync_module(self.m.generator)
             self.m.opt_g.state.clear()
             self._event(f"step {self.step}: generator collapsed to one class "

@@ -22,7 +22,7 @@ Reference formulations (docs/method.md and the public DataFree benchmark):
          layer x10; G's output scale/shift learning at 50x lr_g, so they can reach the input statistics the
          first layer was fitted to within ~50 steps): WRN-16-2 MNIST 98.3% -> LeNet-5 in 150 G steps 24.7%
          -> 50.6% (seed 0; TUNING.md round 8). What `auto` picks for a teacher with readable BN statistics.
-- fast, deepinversion: the inversion family on its own synthesizers (below).
+- fast, deepinversion, nayer: the inversion family on its own synthesizers (below).
 - auto (the CLI default): choose_method() picks one of these by what the teacher is.
 """
 
@@ -81,6 +81,17 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                           g_flip=True, adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=2000, lr_g=0.05,
                           s_steps=50, s_time_ratio=2.0, shared_batch=True, lr_s=2e-3, s_optimizer="adam",
                           replay_size=16384, replay_fraction=0.5, replay_policy="reservoir", ema_decay=0.999),
+    # NAYER (Tran et al., CVPR 2024; tmtuan1307/NAYER scripts/nayer_*.sh and datafree_kd.py defaults): 40
+    # steps per batch at lr_g 4e-3 (fresh Adam), bn 10, oh 0.5 against class-balanced targets, adv 1.33
+    # masked KL, shifted and flipped images, G re-initialised every 10 epochs of 2 batches (g_life 20),
+    # noisy layer 512 -> 1000, G of ngf 64 (our gen_width 128) with sigmoid pixels (gen_output pixel).
+    # Not the reference's: random class codes for its CLIP text embeddings (no model hub offline), no
+    # 20-epoch warm-up without the student, no BN-statistics momentum (bn_mmt); the student side is ours.
+    "nayer": dict(synthesizer="nayer", w_adv=1.33, w_bn=10.0, bn_first=1.0, w_oh=0.5, w_bal=0.0, w_act=0.0, w_at=0.0,
+                  w_gan=0.0, adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=40, lr_g=4e-3, g_life=20,
+                  latent_dim=1000, gen_width=128, gen_output="pixel", s_steps=50, s_time_ratio=2.0,
+                  shared_batch=True, lr_s=2e-3, s_optimizer="adam", replay_size=16384, replay_fraction=0.5,
+                  replay_policy="reservoir", s_augment="shift_flip", ema_decay=0.999),
 }
 
 AUTO = "auto"

@@ -14,6 +14,8 @@ and generator optimiser, so checkpoints and exact resume cover it with nothing m
   against random target classes, masked adversarial KL, on randomly shifted and flipped images),
   keeps the lowest-loss batch, and moves the meta generator by the summed inner gradients
   (first-order MAML; meta learning rate lr_g x g_steps, as the reference sets it).
+- nayer: NAYER (Tran et al., CVPR 2024): a lasting generator fed through a noisy layer drawn afresh
+  for every batch (nayer_synthesis).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 from edgekd.distill import losses as L
 from edgekd.distill.augment import random_flip, random_shift
+from edgekd.distill.generator import reset_weights
 
 if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
@@ -200,13 +203,80 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         opt.step()
         with torch.no_grad():
             x.copy_(torch.maximum(torch.minimum(x, hi), lo))
-    with torch.no_grad(), d.plans["teacher"].autocast():
-        t_best = m.teacher(d._fmt(best, "teacher")).float()
     m.student.requires_grad_(True)
+    t_best = _hand_over(d, best)
+    terms["loss_g"] = torch.tensor(best_loss)
+    terms["top_class_share"] = torch.bincount(t_best.argmax(1), minlength=k).max() / n
+    return {key: v.detach() for key, v in terms.items()}
+
+
+def _hand_over(d: Distiller, best: torch.Tensor) -> torch.Tensor:
+    """A synthesizer without a lasting generator hands its kept batch to the student, labelled by the
+    teacher as it is (not as augmented during synthesis), less a slice withheld as held-out images
+    (d.heldout): there is no generator to draw them from later. Returns the teacher's logits."""
+    n = len(best)
+    with torch.no_grad(), d.plans["teacher"].autocast():
+        t_best = d.m.teacher(d._fmt(best, "teacher")).float()
     hold = min(max(1, n // 8), n - 1, d.heldout.capacity)
     if hold:
         d.heldout.push(best[:hold], t_best[:hold])
     d._last_batch = (best[hold:], t_best[hold:])
+    return t_best
+
+
+# NAYER's label embedding width: its CLIP text encoder's (le_size 512).
+LABEL_EMBED_DIM = 512
+
+
+def class_codes(d: Distiller) -> torch.Tensor:
+    """NAYER starts each image from its class's text embedding (a language model's, which edgekd cannot
+    fetch offline and which exists only for named classes). A fixed random code per class stands in,
+    drawn from the run's seed (resume stays exact), standardised across the classes as NAYER's
+    BatchNorm1d does to a class-balanced batch."""
+    gen = torch.Generator().manual_seed(d.cfg.seed + 30_011)
+    e = torch.randn(d.spec.num_classes, LABEL_EMBED_DIM, generator=gen)
+    return ((e - e.mean(0)) / e.std(0).clamp_min(1e-6) if len(e) > 1 else e).to(d.plan.device)
+
+
+def nayer_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
+    """NAYER (Tran et al., "Noisy Layer Data Generation for Efficient and Effective Data-free Knowledge
+    Distillation", CVPR 2024; tmtuan1307/NAYER, datafree/synthesis/nayer.py). The generator lives across
+    iterations (re-initialised every g_life), but each batch starts from a fresh *noisy layer*: a linear
+    map N(0, 1) from the class codes to G's input, one per run of num_classes images (each run holds
+    every class once). G and the noisy layer are optimised together for g_steps by a fresh Adam at lr_g
+    (BN statistics, CE to the targets, masked adversarial KL, on shifted and flipped images); the
+    lowest-loss batch is kept. Random noise that lasts one batch gives diversity; a generator that
+    lasts gives speed, since it already knows how to draw each class."""
+    cfg, m = d.cfg, d.m
+    k, n, dev = d.spec.num_classes, cfg.batch_size, d.plan.device
+    m.student.requires_grad_(False)
+    if cfg.g_life and d.step and d.step % cfg.g_life == 0:
+        reset_weights(m.generator)
+        d.world.sync_module(m.generator)
+    runs = -(-n // k)
+    reps, rest = divmod(n, k)
+    targets = torch.cat([torch.arange(k).repeat(reps), torch.randint(0, k, (rest,))]).to(dev)
+    codes = F.pad(class_codes(d)[targets], (0, 0, 0, runs * k - n)).view(runs, k, LABEL_EMBED_DIM)
+    weight = torch.randn(runs, LABEL_EMBED_DIM, cfg.latent_dim, device=dev).requires_grad_(True)
+    bias = torch.zeros(runs, 1, cfg.latent_dim, device=dev).requires_grad_(True)
+    lr = cfg.lr_g * d.lr_scale  # constant, as the reference: a re-initialised G late in a run must still learn
+    opt = torch.optim.Adam([{"params": m.generator.parameters()}, {"params": [weight, bias]}], lr=lr, betas=(0.5, 0.999))
+    weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv}
+    best_loss, best = float("inf"), None
+    for _ in range(cfg.g_steps):
+        z = torch.baddbmm(bias, codes, weight).reshape(runs * k, -1)[:n]
+        with d.plans["teacher"].autocast():
+            x = m.generator(z)
+        _, terms = targeted_terms(d, random_flip(random_shift(x)), targets)
+        loss = sum(weights[key] * v for key, v in terms.items())
+        if best is None or float(loss.detach()) < best_loss:  # the reference keeps the batch of lowest loss
+            best_loss, best = float(loss.detach()), x.detach().float()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        d.world.average_gradients(m.generator.parameters())
+        opt.step()
+    m.student.requires_grad_(True)
+    t_best = _hand_over(d, best)
     terms["loss_g"] = torch.tensor(best_loss)
     terms["top_class_share"] = torch.bincount(t_best.argmax(1), minlength=k).max() / n
     return {key: v.detach() for key, v in terms.items()}
@@ -235,4 +305,7 @@ SYNTHESIZERS: Dict[str, Synthesizer] = {
     "generator": Synthesizer(generator_synthesis, generator_heldout, True),
     "meta": Synthesizer(meta_synthesis, generator_heldout, True),
     "inversion": Synthesizer(inversion_synthesis, withheld_heldout, False),
+    # NAYER's generator is re-initialised every g_life iterations: images withheld from the batches
+    # make the held-out set, and export calibrates on the run's saved images.
+    "nayer": Synthesizer(nayer_synthesis, withheld_heldout, False),
 }
