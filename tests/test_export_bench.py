@@ -102,6 +102,14 @@ def test_int8_for_arm_is_s8s8(run_dir, tmp_path):
     assert all(w.dtype == np.int8 for w in weights)
     q = load_manifest(out)["quantization"]
     assert q["activations"] == "int8 asymmetric" and "S8S8" in q["reason"]
+    # Its optimised files are made for ARM: int8-activation groups fused as an ARM onnxruntime fuses them,
+    # which an x86 onnxruntime does not do unless told (a file made for x86 differs).
+    from edgekd.deploy.ort_optimize import write_optimized
+
+    made = {c["file"]: c for c in load_manifest(out)["checks"]["ort_optimized"]}
+    assert made["student.int8.opt.onnx"]["platform"] == "arm"
+    write_optimized(out / "student.int8.onnx", tmp_path / "x86.onnx", np.load(out / "calib.npy")[:4], "x86")
+    assert (out / "student.int8.opt.onnx").read_bytes() != (tmp_path / "x86.onnx").read_bytes()
 
 
 @pytest.mark.parametrize("vnni", ["yes", "no"])
@@ -187,6 +195,34 @@ def test_bench_refuses_tampered_and_incomplete_bundles(int8_bundle, tmp_path):
         bench_bundles([bad], BenchConfig(**FAST_BENCH))
     with pytest.raises(InputFileError, match="not an edgekd bundle"):
         bench_bundles([tmp_path], BenchConfig(**FAST_BENCH))
+
+
+def test_offline_optimized_files_compute_the_same_and_fall_back(int8_bundle, tmp_path):
+    """x86-cpu bundles carry each model also optimised offline by ONNX Runtime, listed with its sha256 and
+    checked against its ONNX file; bench runs it, and runs the plain file where it is unreadable."""
+    import shutil
+
+    from edgekd.bench.runners import OrtRunner
+
+    m = load_manifest(int8_bundle)
+    opt = {"student.opt.onnx", "teacher.opt.onnx", "student.int8.opt.onnx"}
+    assert {e["optimized_file"] for e in m["models"]} == opt and opt <= set(m["files"])
+    checks = {c["file"]: c for c in m["checks"]["ort_optimized"]}
+    assert checks["student.opt.onnx"]["max_abs_diff"] < 1e-3 and checks["student.int8.opt.onnx"]["argmax_agreement"] >= 0.98
+    assert checks["student.opt.onnx"]["platform"] == "x86" and checks["student.opt.onnx"]["load_ms"]["optimized"] > 0
+    entry = next(e for e in m["models"] if e["precision"] == "int8")
+    x = np.load(int8_bundle / "synthetic.npz")["x"][:8]
+    fast, plain = OrtRunner(int8_bundle, entry), OrtRunner(int8_bundle, {**entry, "optimized_file": None})
+    assert (fast.path.name, plain.path.name) == ("student.int8.opt.onnx", "student.int8.onnx")
+    same = [np.array_equal(fast(x[i:i + 1]).argmax(1), plain(x[i:i + 1]).argmax(1)) for i in range(len(x))]
+    assert all(same)
+    bad = tmp_path / "bad"
+    shutil.copytree(int8_bundle, bad)
+    (bad / "student.int8.opt.onnx").write_bytes(b"written by an onnxruntime from the future")
+    fallback = OrtRunner(bad, entry)
+    assert fallback.path.name == "student.int8.onnx" and "unreadable" in fallback.environment()["note"]
+    with pytest.raises(InputFileError, match="student.int8.opt.onnx does not match its sha256"):
+        load_manifest(bad)
 
 
 def test_bench_data_mismatch(int8_bundle, tmp_path):

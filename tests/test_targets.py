@@ -42,6 +42,10 @@ def test_bad_target_file(tmp_path):
                  'default_precision = "fp32"\nthreadz = 3\n')
     with pytest.raises(UsageError, match="unknown key 'threadz'"):
         load_target_file(f)
+    f.write_text('name = "x"\ndescription = "d"\nruntime = "onnxruntime"\nopset = 13\nprecisions = ["fp32"]\n'
+                 'default_precision = "fp32"\nort_optimized = "riscv"\n')
+    with pytest.raises(UsageError, match="ort_optimized must be .* x86, arm"):
+        load_target_file(f)
 
 
 def _x86_file(tmp_path, extra):

@@ -26,9 +26,19 @@ class OrtRunner:
             raise RuntimeMissingError("onnxruntime is not installed: pip install onnxruntime "
                                       "(on Jetson: the onnxruntime-gpu wheel for your JetPack)") from None
         self._ort = ort
-        self.path = Path(bundle) / entry["file"]
         self.threads = threads
-        self.session = self._session()
+        self.note = ""
+        self.path = Path(bundle) / entry["file"]
+        if entry.get("optimized_file"):  # optimised offline at export (deploy/ort_optimize.py): loads faster
+            onnx_path, self.path = self.path, Path(bundle) / entry["optimized_file"]
+            try:
+                self.session = self._session()
+            except Exception as e:  # an onnxruntime too old for its operators: the plain file still runs
+                self.path = onnx_path
+                self.note = (f"{entry['optimized_file']} unreadable by onnxruntime {ort.__version__} "
+                             f"({type(e).__name__}): ran {entry['file']}")
+        if self.path == Path(bundle) / entry["file"]:
+            self.session = self._session()
         self.input_name = self.session.get_inputs()[0].name
         self.provider = self.session.get_providers()[0]
 
@@ -76,7 +86,8 @@ class OrtRunner:
 
     def environment(self) -> Dict[str, Any]:
         return {"runtime": "onnxruntime", "version": self._ort.__version__, "provider": self.provider,
-                "threads": self.threads or "default"}
+                "threads": self.threads or "default", "file": self.path.name,
+                **({"note": self.note} if self.note else {})}
 
 
 class TensorRTRunner:

@@ -19,7 +19,8 @@ RUNTIMES = ("onnxruntime", "tensorrt")
 # are, timed at export where the export machine is the device and they are installed.
 ALTERNATIVE_RUNTIMES = ("openvino",)
 PRECISIONS = ("fp32", "fp16", "int8")
-VNNI_CHOICES = ("", "detect", "yes", "no")  # "": not an x86 CPU target
+VNNI_CHOICES = ("", "detect", "yes", "no")
+ORT_PLATFORMS = ("x86", "arm")  # ort_optimized: the CPU family an optimised file's fusions are made for  # "": not an x86 CPU target
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class Target:
     # x86 ONNX Runtime targets: does the device have VNNI/AMX ("yes"), not ("no"), or is it the export
     # machine ("detect")? Without them U8S8 products saturate in int16, so INT8 uses 7-bit weights.
     vnni: str = ""
+    # ONNX Runtime targets: ship each model also optimised offline by ONNX Runtime for this CPU family
+    # ("x86" or "arm"; deploy/ort_optimize.py). "": plain ONNX files only.
+    ort_optimized: str = ""
     bench: Dict[str, Any] = field(default_factory=dict)
     notes: str = ""
 
@@ -62,7 +66,7 @@ _KINDS: Dict[str, Tuple[type, Optional[type]]] = {
     "precisions": (list, str), "default_precision": (str, None), "batch_sizes": (list, int),
     "dynamic_batch": (bool, None), "threads": (int, None), "memory_mib": (int, None), "workspace_mib": (int, None),
     "tensorrt_versions": (list, str), "runtimes": (list, str), "python": (str, None), "dla": (bool, None), "int8_symmetric": (bool, None), "int8_activations": (str, None),
-    "vnni": (str, None), "bench": (dict, None), "notes": (str, None),
+    "vnni": (str, None), "ort_optimized": (str, None), "bench": (dict, None), "notes": (str, None),
 }
 
 
@@ -99,6 +103,9 @@ def _validate(d: Dict[str, Any], source: str) -> Target:
         raise UsageError(f"target {d['name']}: vnni must be one of {', '.join(repr(c) for c in VNNI_CHOICES[1:])}")
     if d.get("vnni") and d["runtime"] != "onnxruntime":
         raise UsageError(f"target {d['name']}: vnni applies to ONNX Runtime CPU targets only")
+    if d.get("ort_optimized") and (d["runtime"] != "onnxruntime" or d["ort_optimized"] not in ORT_PLATFORMS):
+        raise UsageError(f"target {d['name']}: ort_optimized must be \"\" or one of {', '.join(ORT_PLATFORMS)}, "
+                         "for an onnxruntime target")
     if d.get("int8_activations", "uint8") not in ("uint8", "int8"):
         raise UsageError(f"target {d['name']}: int8_activations must be \"uint8\" or \"int8\"")
     if d.get("runtimes") and (d["runtime"] != "onnxruntime" or set(d["runtimes"]) - set(ALTERNATIVE_RUNTIMES)):

@@ -39,7 +39,7 @@ PART_OF_A_BUNDLE = (".onnx", ".ort", ".npy", ".npz", ".py", ".trt", ".plan")
 
 def _referenced_files(manifest):
     """Every file the manifest tells a runner to read."""
-    names = [m.get("file") for m in manifest.get("models", []) if isinstance(m, dict)]
+    names = [f for m in manifest.get("models", []) if isinstance(m, dict) for f in (m.get("file"), m.get("optimized_file"))]
     names += [e.get("file") for e in manifest.get("engines", []) if isinstance(e, dict)]
     names += [(manifest.get("calibration") or {}).get("file"), manifest.get("synthetic_eval")]
     return [n for n in names if n]
