@@ -15,7 +15,7 @@ from edgekd.cli.app import app
 from edgekd.deploy.bundle import ExportConfig, export_bundle
 from edgekd.deploy.manifest import load_manifest
 from edgekd.deploy.onnx_export import read_metadata
-from edgekd.deploy.targets import get_target
+from edgekd.deploy.targets import TARGETS_DIR, get_target
 from edgekd.errors import DataError, InputFileError, QualityError, UsageError
 
 runner = CliRunner()
@@ -223,6 +223,26 @@ def test_offline_optimized_files_compute_the_same_and_fall_back(int8_bundle, tmp
     assert fallback.path.name == "student.int8.onnx" and "unreadable" in fallback.environment()["note"]
     with pytest.raises(InputFileError, match="student.int8.opt.onnx does not match its sha256"):
         load_manifest(bad)
+
+
+def test_target_session_settings_reach_the_runtime(run_dir, tmp_path):
+    """A target's [session.onnxruntime] entries are what bench's (and export's) sessions are made with."""
+    from edgekd.bench.runners import make_runner
+
+    f = tmp_path / "quiet-x86.toml"
+    f.write_text((TARGETS_DIR / "x86-cpu.toml").read_text().replace('name = "x86-cpu"', 'name = "quiet-x86"').replace("[bench]", '[session.onnxruntime]\n'
+                 '"session.intra_op.allow_spinning" = "0"\n\n[bench]'))
+    out = tmp_path / "b"
+    m = export_bundle(run_dir, ExportConfig(get_target(str(f)), "fp32"), out).manifest
+    assert m["target"]["session"] == {"onnxruntime": {"session.intra_op.allow_spinning": "0"}}
+    entry = m["models"][0]
+    r = make_runner("onnxruntime", out, entry, 1, m["target"]["session"])
+    assert r.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    plain = make_runner("onnxruntime", out, entry, 1)
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # not set without the table
+        plain.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    res = bench_bundles([out], BenchConfig(**FAST_BENCH))
+    assert res.environment["runtimes"]["onnxruntime"]["session_options"] == {"session.intra_op.allow_spinning": "0"}
 
 
 def test_bench_data_mismatch(int8_bundle, tmp_path):

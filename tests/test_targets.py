@@ -46,6 +46,12 @@ def test_bad_target_file(tmp_path):
                  'default_precision = "fp32"\nort_optimized = "riscv"\n')
     with pytest.raises(UsageError, match="ort_optimized must be .* x86, arm"):
         load_target_file(f)
+    for table, why in (('[session.tensorrt]\nx = "1"\n', "not a table of session settings"),
+                       ('[session.onnxruntime]\n"session.intra_op.allow_spinning" = 0\n', "must be a string")):
+        f.write_text('name = "x"\ndescription = "d"\nruntime = "onnxruntime"\nopset = 13\nprecisions = ["fp32"]\n'
+                     'default_precision = "fp32"\n' + table)
+        with pytest.raises(UsageError, match=why):
+            load_target_file(f)
 
 
 def _x86_file(tmp_path, extra):

@@ -160,7 +160,7 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
             for entry in entries:
                 label = f"{entry['role']} {entry['precision']}" + (f" {SHORT_NAMES[runtime]}" if len(chosen) > 1 else "")
                 progress.message(f"{bundle.name}: {label} ({runtime})")
-                runner = make_runner(runtime, bundle, entry, cfg.threads)
+                runner = make_runner(runtime, bundle, entry, cfg.threads, manifest["target"].get("session"))
                 runtimes[runtime] = runner.environment()
                 logits = _predict(runner, ev["x"])
                 pred = logits.argmax(1)

@@ -19,7 +19,8 @@ JETPACK_HINT = ("TensorRT's Python bindings come with JetPack: 'sudo apt-get ins
 class OrtRunner:
     name = "onnxruntime"
 
-    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> None:
+    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0,
+                 options: Optional[Dict[str, str]] = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -27,6 +28,7 @@ class OrtRunner:
                                       "(on Jetson: the onnxruntime-gpu wheel for your JetPack)") from None
         self._ort = ort
         self.threads = threads
+        self.options = dict(options or {})  # the target's [session.onnxruntime] config entries
         self.note = ""
         self.path = Path(bundle) / entry["file"]
         if entry.get("optimized_file"):  # optimised offline at export (deploy/ort_optimize.py): loads faster
@@ -46,6 +48,8 @@ class OrtRunner:
         opts = self._ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        for key, value in self.options.items():
+            opts.add_session_config_entry(key, value)
         if profile_prefix:
             opts.enable_profiling = True
             opts.profile_file_prefix = profile_prefix
@@ -86,7 +90,7 @@ class OrtRunner:
 
     def environment(self) -> Dict[str, Any]:
         return {"runtime": "onnxruntime", "version": self._ort.__version__, "provider": self.provider,
-                "threads": self.threads or "default", "file": self.path.name,
+                "threads": self.threads or "default", "file": self.path.name, "session_options": self.options,
                 **({"note": self.note} if self.note else {})}
 
 
@@ -95,7 +99,8 @@ class TensorRTRunner:
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> None:
+    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0,
+                 options: Optional[Dict[str, str]] = None) -> None:
         from edgekd.deploy import trt_device
 
         try:
@@ -133,7 +138,8 @@ class OpenVinoRunner:
     name = "openvino"
     PIP = 'pip install "edgekd[openvino]"'
 
-    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> None:
+    def __init__(self, bundle: Path, entry: Dict[str, Any], threads: int = 0,
+                 options: Optional[Dict[str, str]] = None) -> None:
         try:
             import openvino as ov
         except ImportError:
@@ -146,6 +152,7 @@ class OpenVinoRunner:
             self.config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = threads
+        self.config.update(options or {})  # the target's [session.openvino] properties
         self.threads = threads
         self.input_name = self.core.read_model(str(self.path)).inputs[0].get_any_name()
         self._requests: Dict[tuple, Any] = {}
@@ -162,7 +169,7 @@ class OpenVinoRunner:
 
     def environment(self) -> Dict[str, Any]:
         return {"runtime": "openvino", "version": self._ov.__version__, "provider": self.provider,
-                "threads": self.threads or "default"}
+                "threads": self.threads or "default", "config": {k: str(v) for k, v in self.config.items()}}
 
 
 RUNNERS: Dict[str, Callable[..., Any]] = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner,
@@ -199,10 +206,12 @@ def bundle_runtimes(choice: str, manifest: Dict[str, Any]) -> List[str]:
     return list(dict.fromkeys(names))
 
 
-def make_runner(runtime: str, bundle: Path, entry: Dict[str, Any], threads: int = 0) -> Any:
+def make_runner(runtime: str, bundle: Path, entry: Dict[str, Any], threads: int = 0,
+                session: Optional[Dict[str, Dict[str, str]]] = None) -> Any:
+    """`session`: a target's [session.*] tables (targets.Target.session); the runtime's own is applied."""
     if runtime not in RUNNERS:
         raise UsageError(f"unknown runtime {runtime!r}: choose {', '.join(RUNNERS)} or auto")
-    return RUNNERS[runtime](bundle, entry, threads)
+    return RUNNERS[runtime](bundle, entry, threads, (session or {}).get(runtime))
 
 
 def auto_runtime(manifest: Dict[str, Any]) -> str:

@@ -305,7 +305,7 @@ def _fastest_here(tmp: Path, models: List[Dict[str, Any]], precision: str, targe
     students = {e["precision"]: e["file"] for e in models if e["role"] == "student"}
     runtimes = [target.runtime] + [r for r in target.runtimes if r != target.runtime and installed(r)]
     allowed = list(students) if cfg.precision_by_speed else [precision]
-    p50, agree = _student_p50_here(tmp, {p: students[p] for p in allowed}, held, target.threads, runtimes)
+    p50, agree = _student_p50_here(tmp, {p: students[p] for p in allowed}, held, target, runtimes)
     # Another runtime computes differently (OpenVINO: bf16 outside the INT8 layers): it must agree with the
     # FP32 student as well as the INT8 gate asks, or it is not chosen.
     passing = [(r, p) for r in runtimes for p in allowed
@@ -328,7 +328,7 @@ def _fastest_here(tmp: Path, models: List[Dict[str, Any]], precision: str, targe
     return best_precision, best_runtime
 
 
-def _student_p50_here(tmp: Path, files: Dict[str, str], held: np.ndarray, threads: int,
+def _student_p50_here(tmp: Path, files: Dict[str, str], held: np.ndarray, target: Target,
                       runtimes: List[str]) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Dict[str, float]]]:
     """Batch-1 p50 latency of each student file under each runtime, as bench measures it (a short run
     after warm-up, alternated twice so a slow patch of the machine hits every one; the faster of the
@@ -336,9 +336,10 @@ def _student_p50_here(tmp: Path, files: Dict[str, str], held: np.ndarray, thread
     from edgekd.bench.latency import measure
     from edgekd.bench.runners import make_runner
 
-    runners = {(r, p): make_runner(r, tmp, {"file": f, "precision": p}, threads)
+    runners = {(r, p): make_runner(r, tmp, {"file": f, "precision": p}, target.threads, target.session)
                for r in runtimes for p, f in files.items()}
-    reference = make_runner(runtimes[0], tmp, {"file": "student.onnx", "precision": "fp32"}, threads)
+    reference = make_runner(runtimes[0], tmp, {"file": "student.onnx", "precision": "fp32"}, target.threads,
+                            target.session)
     want = np.concatenate([reference(held[i:i + 1]) for i in range(len(held))]).argmax(1)
     agree = {key: float((np.concatenate([run(held[i:i + 1]) for i in range(len(held))]).argmax(1) == want).mean())
              for key, run in runners.items()}

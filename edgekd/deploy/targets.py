@@ -18,6 +18,7 @@ RUNTIMES = ("onnxruntime", "tensorrt")
 # Runtimes an ONNX Runtime CPU target may name as alternatives: run on the bundle's ONNX files as they
 # are, timed at export where the export machine is the device and they are installed.
 ALTERNATIVE_RUNTIMES = ("openvino",)
+SESSION_RUNTIMES = ("onnxruntime", "openvino")  # runtimes a target's [session.*] tables may configure
 PRECISIONS = ("fp32", "fp16", "int8")
 VNNI_CHOICES = ("", "detect", "yes", "no")
 ORT_PLATFORMS = ("x86", "arm")  # ort_optimized: the CPU family an optimised file's fusions are made for  # "": not an x86 CPU target
@@ -48,6 +49,10 @@ class Target:
     # ONNX Runtime targets: ship each model also optimised offline by ONNX Runtime for this CPU family
     # ("x86" or "arm"; deploy/ort_optimize.py). "": plain ONNX files only.
     ort_optimized: str = ""
+    # Per runtime, settings its sessions are made with on this device: [session.onnxruntime] takes ONNX
+    # Runtime session config entries ("session.intra_op.allow_spinning" = "0": idle threads sleep, for
+    # battery devices; costs latency), [session.openvino] OpenVINO CPU properties ("NUM_STREAMS" = "1").
+    session: Dict[str, Dict[str, str]] = field(default_factory=dict)
     bench: Dict[str, Any] = field(default_factory=dict)
     notes: str = ""
 
@@ -66,7 +71,7 @@ _KINDS: Dict[str, Tuple[type, Optional[type]]] = {
     "precisions": (list, str), "default_precision": (str, None), "batch_sizes": (list, int),
     "dynamic_batch": (bool, None), "threads": (int, None), "memory_mib": (int, None), "workspace_mib": (int, None),
     "tensorrt_versions": (list, str), "runtimes": (list, str), "python": (str, None), "dla": (bool, None), "int8_symmetric": (bool, None), "int8_activations": (str, None),
-    "vnni": (str, None), "ort_optimized": (str, None), "bench": (dict, None), "notes": (str, None),
+    "vnni": (str, None), "ort_optimized": (str, None), "session": (dict, None), "bench": (dict, None), "notes": (str, None),
 }
 
 
@@ -111,6 +116,13 @@ def _validate(d: Dict[str, Any], source: str) -> Target:
     if d.get("runtimes") and (d["runtime"] != "onnxruntime" or set(d["runtimes"]) - set(ALTERNATIVE_RUNTIMES)):
         raise UsageError(f"target {d['name']}: runtimes (alternatives) must be among "
                          f"{', '.join(ALTERNATIVE_RUNTIMES)}, for an onnxruntime target")
+    for runtime, options in d.get("session", {}).items():
+        if runtime not in SESSION_RUNTIMES or not isinstance(options, dict):
+            raise UsageError(f"target {d['name']}: [session.{runtime}] is not a table of session settings for one of "
+                             f"{', '.join(SESSION_RUNTIMES)}")
+        bad = [k for k, v in options.items() if not isinstance(v, str)]
+        if bad:
+            raise UsageError(f"target {d['name']}: [session.{runtime}] {bad[0]} must be a string, e.g. \"0\"")
     if d["runtime"] == "tensorrt" and not d.get("tensorrt_versions"):
         raise UsageError(f"target {d['name']}: a TensorRT target must list tensorrt_versions")
     kw = dict(d)
