@@ -158,7 +158,7 @@ def _generator_optimizer(g: Generator, cfg: DistillConfig) -> torch.optim.Optimi
     rest = [p for p in g.parameters() if all(p is not q for q in out)]
     groups = [{"params": rest}] + ([{"params": out, "lr_mult": cfg.g_out_lr_mult}] if out else [])
     opt = torch.optim.Adam(groups, lr=cfg.lr_g, betas=(0.5, 0.999))
-    _set_lr(opt, cfg.lr_g)
+    _set_lr(opt, cfg.lr_g)  # each group at lr_g x its lr_mult, as every later schedule step sets it
     return opt
 
 
@@ -280,7 +280,8 @@ class Distiller:
 
     # ---------------------------------------------------------------- set-up helpers
     def _fit_config_to_teacher(self, t: nn.Module) -> None:
-        """Terms the teacher cannot support are switched off, each with a note, before anything is built."""
+        """Before anything is built: terms the teacher cannot support are switched off, and settings that
+        depend on them reset, each with a note; a setting the teacher suggests (--grey) gets a note only."""
         cfg = self.cfg
         scripted = isinstance(t, torch.jit.ScriptModule)
         if scripted and (cfg.w_bn or cfg.w_act or cfg.w_at):
