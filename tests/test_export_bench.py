@@ -221,6 +221,14 @@ def test_offline_optimized_files_compute_the_same_and_fall_back(int8_bundle, tmp
     (bad / "student.int8.opt.onnx").write_bytes(b"written by an onnxruntime from the future")
     fallback = OrtRunner(bad, entry)
     assert fallback.path.name == "student.int8.onnx" and "unreadable" in fallback.environment()["note"]
+    from edgekd.fileio import sha256_file, write_json
+
+    m2 = load_manifest(bad, verify=False)  # re-hashed, so the bundle verifies: bench runs it, and warns
+    m2["files"]["student.int8.opt.onnx"]["sha256"] = sha256_file(bad / "student.int8.opt.onnx")
+    write_json(bad / "manifest.json", m2)
+    res = bench_bundles([bad], BenchConfig(**FAST_BENCH))
+    assert any("student int8" in w and "unreadable" in w for w in res.warnings), res.warnings
+    (bad / "student.int8.opt.onnx").write_bytes(b"changed after export")
     with pytest.raises(InputFileError, match="student.int8.opt.onnx does not match its sha256"):
         load_manifest(bad)
 

@@ -162,6 +162,8 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
                 progress.message(f"{bundle.name}: {label} ({runtime})")
                 runner = make_runner(runtime, bundle, entry, cfg.threads, manifest["target"].get("session"))
                 runtimes[runtime] = runner.environment()
+                if runtimes[runtime].get("note"):  # e.g. an optimised file this runtime could not read
+                    warnings.append(f"{bundle.name} {label}: {runtimes[runtime]['note']}")
                 logits = _predict(runner, ev["x"])
                 pred = logits.argmax(1)
                 if entry["role"] == "teacher" and ev["kind"] == "labelled":
