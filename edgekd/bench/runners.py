@@ -30,16 +30,16 @@ class OrtRunner:
         self.threads = threads
         self.options = dict(options or {})  # the target's [session.onnxruntime] config entries
         self.note = ""
-        self.path = Path(bundle) / entry["file"]
+        self.session = None
         if entry.get("optimized_file"):  # optimised offline at export (deploy/ort_optimize.py): loads faster
-            onnx_path, self.path = self.path, Path(bundle) / entry["optimized_file"]
+            self.path = Path(bundle) / entry["optimized_file"]
             try:
                 self.session = self._session()
             except Exception as e:  # an onnxruntime too old for its operators: the plain file still runs
-                self.path = onnx_path
                 self.note = (f"{entry['optimized_file']} unreadable by onnxruntime {ort.__version__} "
                              f"({type(e).__name__}): ran {entry['file']}")
-        if self.path == Path(bundle) / entry["file"]:
+        if self.session is None:
+            self.path = Path(bundle) / entry["file"]
             self.session = self._session()
         self.input_name = self.session.get_inputs()[0].name
         self.provider = self.session.get_providers()[0]

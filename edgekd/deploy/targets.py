@@ -20,8 +20,8 @@ RUNTIMES = ("onnxruntime", "tensorrt")
 ALTERNATIVE_RUNTIMES = ("openvino",)
 SESSION_RUNTIMES = ("onnxruntime", "openvino")  # runtimes a target's [session.*] tables may configure
 PRECISIONS = ("fp32", "fp16", "int8")
-VNNI_CHOICES = ("", "detect", "yes", "no")
-ORT_PLATFORMS = ("x86", "arm")  # ort_optimized: the CPU family an optimised file's fusions are made for  # "": not an x86 CPU target
+VNNI_CHOICES = ("", "detect", "yes", "no")  # "": not an x86 CPU target
+ORT_PLATFORMS = ("x86", "arm")  # ort_optimized: the CPU family an optimised file's fusions are made for
 
 
 @dataclass(frozen=True)

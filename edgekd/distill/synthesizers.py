@@ -204,16 +204,15 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         with torch.no_grad():
             x.copy_(torch.maximum(torch.minimum(x, hi), lo))
     m.student.requires_grad_(True)
-    t_best = _hand_over(d, best)
-    terms["loss_g"] = torch.tensor(best_loss)
-    terms["top_class_share"] = torch.bincount(t_best.argmax(1), minlength=k).max() / n
-    return {key: v.detach() for key, v in terms.items()}
+    return _hand_over(d, best, best_loss, terms)
 
 
-def _hand_over(d: Distiller, best: torch.Tensor) -> torch.Tensor:
+def _hand_over(d: Distiller, best: torch.Tensor, best_loss: float,
+               terms: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """A synthesizer without a lasting generator hands its kept batch to the student, labelled by the
     teacher as it is (not as augmented during synthesis), less a slice withheld as held-out images
-    (d.heldout): there is no generator to draw them from later. Returns the teacher's logits."""
+    (d.heldout): there is no generator to draw them from later. Returns the iteration's loss terms for
+    the log: the last step's, with the kept batch's loss and top class share."""
     n = len(best)
     with torch.no_grad(), d.plans["teacher"].autocast():
         t_best = d.m.teacher(d._fmt(best, "teacher")).float()
@@ -221,7 +220,9 @@ def _hand_over(d: Distiller, best: torch.Tensor) -> torch.Tensor:
     if hold:
         d.heldout.push(best[:hold], t_best[:hold])
     d._last_batch = (best[hold:], t_best[hold:])
-    return t_best
+    terms["loss_g"] = torch.tensor(best_loss)
+    terms["top_class_share"] = torch.bincount(t_best.argmax(1), minlength=d.spec.num_classes).max() / n
+    return {key: v.detach() for key, v in terms.items()}
 
 
 # NAYER's label embedding width: its CLIP text encoder's (le_size 512).
@@ -276,10 +277,7 @@ def nayer_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         d.world.average_gradients(m.generator.parameters())
         opt.step()
     m.student.requires_grad_(True)
-    t_best = _hand_over(d, best)
-    terms["loss_g"] = torch.tensor(best_loss)
-    terms["top_class_share"] = torch.bincount(t_best.argmax(1), minlength=k).max() / n
-    return {key: v.detach() for key, v in terms.items()}
+    return _hand_over(d, best, best_loss, terms)
 
 
 def generator_heldout(d: Distiller) -> Optional[torch.Tensor]:
