@@ -85,9 +85,11 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--students", default="mobilenet_v2,resnet18")
     ap.add_argument("--render", action="store_true", help="only rewrite the Markdown from the saved JSON")
+    ap.add_argument("--name", default="export-vs-handmade",
+                    help="results/NAME.json and .md: one pair per machine kind (e.g. export-vs-handmade-amx)")
     args = ap.parse_args()
     if args.render:
-        return render(json.loads((RESULTS / "export-vs-handmade.json").read_text()), args)
+        return render(json.loads((RESULTS / f"{args.name}.json").read_text()), args)
     cpu = cpu_summary()
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +130,7 @@ def main() -> None:
                              "cpu_count": os.cpu_count()})
                 print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "export-vs-handmade.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     render(rows, args)
 
 
@@ -143,7 +145,8 @@ def render(rows: List[Dict[str, Any]], args: argparse.Namespace) -> None:
     r0 = rows[0]
     lines = [f"# edgekd export vs hand-made export, batch 1, {r0['threads']} threads",
              "", f"CPU {r0['cpu']} ({r0['cpu_count']} cores), flags {' '.join(r0['cpu_flags'])}. "
-             f"`python benchmarks/export_vs_handmade.py --threads {r0['threads']} --rounds {len(r0['rounds_p50_ms'])}`: "
+             f"`python benchmarks/export_vs_handmade.py --threads {r0['threads']} --rounds {len(r0['rounds_p50_ms'])} "
+             f"--name {args.name}`: "
              "every model timed once per round, rounds alternated, all in one process. Speed-ups are the median over "
              "rounds of same-round ratios (this machine's speed drifts by up to 1.8x between minutes). Shipped: the "
              "bundle `edgekd export --target x86-cpu` writes by default (precision and runtime measured here).", "",
@@ -154,7 +157,7 @@ def render(rows: List[Dict[str, Any]], args: argparse.Namespace) -> None:
         lines.append(f"| {r['chain']} | {name} | {r['p50_ms']:.3f} | "
                      f"{_per_round(rows, r, 'hand-made teacher fp32 onnxruntime'):.1f}x | "
                      f"{_per_round(rows, r, 'hand-made student int8 onnxruntime'):.2f}x |")
-    (RESULTS / "export-vs-handmade.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

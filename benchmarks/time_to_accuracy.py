@@ -63,6 +63,13 @@ TEACHERS: Dict[str, Teacher] = {
         "fmnist_resnet18.pt", "fashion-mnist", "mobilenet_v2",
         f"{TRAIN} --arch resnet18 --data fashion-mnist:train --test fashion-mnist --channels 3 --size 32 "
         "--epochs 1 --format state_dict", {"mean": (0.5,), "std": (0.5,), "input_size": (32, 32)}, has_bn=True),
+    # the one teacher of colour photographs (scripts/photo_patches.py: patches of ten photos, labelled by photo)
+    "photo10-resnet34": Teacher(
+        "photo10_resnet34.pt", "/tmp/teachers/photo10_test.npz", "mobilenet_v2",
+        f"python scripts/photo_patches.py --out photo10 && {TRAIN} --arch resnet34 --data photo10_train.npz "
+        "--test photo10_test.npz --size 32 --mean 0.328,0.285,0.241 --std 0.319,0.226,0.230 --epochs 3 "
+        "--format state_dict",
+        {"mean": (0.328, 0.285, 0.241), "std": (0.319, 0.226, 0.230), "input_size": (32, 32)}, has_bn=True),
 }
 
 

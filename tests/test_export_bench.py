@@ -266,6 +266,11 @@ def test_bench_cli_outputs_and_tensorrt_missing(int8_bundle, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["environment"]["runtimes"]["onnxruntime"]["provider"] == "CPUExecutionProvider"
+    # each row names the file its model ran from (the offline-optimised one x86-cpu ships), not the last model's
+    assert {(r["model"], r["file"]) for r in data["rows"]} == {("teacher fp32", "teacher.opt.onnx"),
+                                                                ("student fp32", "student.opt.onnx"),
+                                                                ("student int8", "student.int8.opt.onnx")}
+    assert "file" not in data["environment"]["runtimes"]["onnxruntime"]
     assert data["timing_check"] and "loop_mean_ms" in data["timing_check"][0]
     assert "| student int8 |" in (tmp_path / "r.md").read_text().replace("| x86-int8 ", "")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"

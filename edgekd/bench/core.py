@@ -161,9 +161,13 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
                 label = f"{entry['role']} {entry['precision']}" + (f" {SHORT_NAMES[runtime]}" if len(chosen) > 1 else "")
                 progress.message(f"{bundle.name}: {label} ({runtime})")
                 runner = make_runner(runtime, bundle, entry, cfg.threads, manifest["target"].get("session"))
-                runtimes[runtime] = runner.environment()
-                if runtimes[runtime].get("note"):  # e.g. an optimised file this runtime could not read
-                    warnings.append(f"{bundle.name} {label}: {runtimes[runtime]['note']}")
+                info = runner.environment()
+                # the file a runner loaded (an optimised one, or the plain one it fell back to) is per model:
+                # it goes on the model's rows, the runtime's version and settings in the environment
+                loaded = info.pop("file", entry["file"])
+                runtimes[runtime] = info
+                if info.get("note"):  # e.g. an optimised file this runtime could not read
+                    warnings.append(f"{bundle.name} {label}: {info['note']}")
                 logits = _predict(runner, ev["x"])
                 pred = logits.argmax(1)
                 if entry["role"] == "teacher" and ev["kind"] == "labelled":
@@ -178,7 +182,7 @@ def bench_bundles(bundles: Sequence[Path], cfg: BenchConfig, progress: Optional[
                     xb = _batch(ev["x"], bs)
                     stats = measure(lambda xb=xb, run=runner: run(xb), bs, cfg.warmup_s, cfg.duration_s, cfg.iterations)
                     row = {"bundle": bundle.name, "model": label, "role": entry["role"],
-                           "precision": entry["precision"], "file": entry["file"], "runtime": runtime,
+                           "precision": entry["precision"], "file": loaded, "runtime": runtime,
                            "provider": getattr(runner, "provider", runtime),
                            **acc, **stats.to_dict(), "size_mb": (bundle / entry["file"]).stat().st_size / 1e6,
                            "parameters": entry.get("parameters"), "macs": entry.get("macs")}
