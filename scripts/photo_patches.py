@@ -74,6 +74,12 @@ def cut_patches(photo: np.ndarray, n: int, size: int, rng: np.random.Generator) 
     return out
 
 
+def patches_of(photo: np.ndarray, split: str, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """n patches from the split's own columns: no test patch overlaps a training patch's region."""
+    cut = int(photo.shape[1] * TRAIN_SHARE)
+    return cut_patches(photo[:, :cut] if split == "train" else photo[:, cut:], n, size, rng)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="prefix: writes PREFIX_train.npz and PREFIX_test.npz")
@@ -91,9 +97,7 @@ def main() -> None:
     for split, per_class in (("train", args.train_per_class), ("test", args.test_per_class)):
         xs, ys = [], []
         for label, photo in enumerate(photos.values()):
-            cut = int(photo.shape[1] * TRAIN_SHARE)
-            part = photo[:, :cut] if split == "train" else photo[:, cut:]
-            xs.append(cut_patches(part, per_class, args.size, rng))
+            xs.append(patches_of(photo, split, per_class, args.size, rng))
             ys.append(np.full(per_class, label, np.int64))
         path = f"{args.out}_{split}.npz"
         np.savez_compressed(path, x=np.concatenate(xs), y=np.concatenate(ys), label_names=names)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -164,16 +165,35 @@ def test_torchscript_in_another_layout_is_matched_by_position_and_checked(tmp_pa
     assert isinstance(kept.model, torch.jit.ScriptModule) and "outputs differ" in kept.notes[0]
 
 
-def test_train_teacher_writes_dafl_layout_torchscript(tmp_path):
-    """scripts/train_teacher.py --format torchscript-dafl: the same weights in DAFL's layout, with its
-    extra forward argument; edgekd loads it back as an eager lenet5 with the same outputs."""
+def _script(name: str):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "train_teacher", Path(__file__).resolve().parent.parent / "scripts" / "train_teacher.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_photo_patches_keep_test_regions_apart():
+    """scripts/photo_patches.py: training patches come only from the left 70% of a photo, test patches only
+    from the right 30%, at the asked size (a red | blue photo split there gives red | blue patches)."""
+    mod = _script("photo_patches")
+    photo = np.zeros((120, 200, 3), np.uint8)
+    cut = int(200 * mod.TRAIN_SHARE)
+    photo[:, :cut, 0] = 255
+    photo[:, cut:, 2] = 255
+    rng = np.random.default_rng(0)
+    train, test = mod.patches_of(photo, "train", 50, 16, rng), mod.patches_of(photo, "test", 50, 16, rng)
+    assert train.shape == test.shape == (50, 16, 16, 3) and train.dtype == np.uint8
+    assert (train[..., 0] == 255).all() and (train[..., 2] == 0).all()
+    assert (test[..., 2] == 255).all() and (test[..., 0] == 0).all()
+
+
+def test_train_teacher_writes_dafl_layout_torchscript(tmp_path):
+    """scripts/train_teacher.py --format torchscript-dafl: the same weights in DAFL's layout, with its
+    extra forward argument; edgekd loads it back as an eager lenet5 with the same outputs."""
+    mod = _script("train_teacher")
     torch.manual_seed(0)
     model = create_model("lenet5", 10, 1).eval()
     dafl = mod.DaflLeNet5.from_lenet5(model)
