@@ -28,7 +28,7 @@ for b in map(Path, sys.argv[1:]):
     x = np.load(b / "synthetic.npz")["x"]
     r = compare_int8(b / "student.onnx", b / "student.int8.onnx", x, "held-out")
     res = bench_bundles([b], BenchConfig(batch_sizes=(1,), warmup_s=0.0, duration_s=None, iterations=2,
-                                         verify_timing=False))
+                                         verify_timing=False, runtime="onnxruntime"))
     out[b.name] = {"exact": r.agreement, "kernels": r.kernel_agreement, "warnings": res.warnings}
 print(json.dumps(out))
 """
