@@ -19,13 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from edgekd.data.datasets import load_dataset, prepare_images
+from edgekd.errors import UsageError
 from edgekd.models.checkpoint import save_checkpoint
 from edgekd.models.registry import create_model
-from edgekd.spec import ModelSpec
-
-
-def _floats(text: str) -> tuple:
-    return tuple(float(v) for v in text.split(","))
+from edgekd.spec import ModelSpec, parse_floats
 
 
 def evaluate(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
@@ -46,8 +43,8 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=1000)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--channels", type=int, default=None, help="default: the data's channels")
-    ap.add_argument("--mean", type=_floats, default=(0.5,), help="one value, or one per channel: 0.33,0.29,0.24")
-    ap.add_argument("--std", type=_floats, default=(0.5,))
+    ap.add_argument("--mean", default="0.5", help="one value, or one per channel: 0.33,0.29,0.24")
+    ap.add_argument("--std", default="0.5")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -58,6 +55,10 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--save-holdout", help="write the held-out test images as .npz (for measuring students)")
     args = ap.parse_args()
+    try:  # the CLI's own --mean/--std parser
+        mean, std = parse_floats(args.mean), parse_floats(args.std)
+    except UsageError as e:
+        ap.error(str(e))
 
     torch.manual_seed(args.seed)
     train = load_dataset(args.data)
@@ -73,7 +74,7 @@ def main() -> None:
     if args.save_holdout:
         np.savez(args.save_holdout, x=test.images, y=test.labels)
     channels = args.channels or train.images.shape[-1]
-    spec = ModelSpec(args.arch, train.num_classes, channels, (args.size, args.size), args.mean, args.std,
+    spec = ModelSpec(args.arch, train.num_classes, channels, (args.size, args.size), mean, std,
                      train.label_names)
     x_train, x_test = prepare_images(train.images, spec), prepare_images(test.images, spec)
     y_train, y_test = train.labels, test.labels
