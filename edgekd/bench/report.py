@@ -56,7 +56,7 @@ def to_markdown(result: BenchResult) -> str:
                          f"{c['loop_difference']:+.1%} | {c['onnxruntime_profiler_mean_ms']:.4f} | "
                          f"{c['profiler_difference']:+.1%} |")
     if result.operator_profiles:
-        lines += ["", "| time by operator type (batch 1, onnxruntime profiler) | top operators |", "|---|---|"]
+        lines += ["", "| time by operator type (batch 1, the runtime's own profiler) | top operators |", "|---|---|"]
         for p in result.operator_profiles:
             lines.append(f"| {p['bundle']} {p['model']} | "
                          + ", ".join(f"{op} {share:.1%}" for op, share in list(p["shares"].items())[:8]) + " |")

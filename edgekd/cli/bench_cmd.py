@@ -39,7 +39,7 @@ def bench_cmd(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of accuracy against latency."),
     no_timing_check: bool = typer.Option(False, "--no-timing-check", help="Skip the cross-check against onnxruntime's profiler."),
-    profile: bool = typer.Option(False, "--profile", help="Where each model's time goes, by operator type (onnxruntime's profiler, batch 1)."),
+    profile: bool = typer.Option(False, "--profile", help="Where each model's time goes, by operator type (the runtime's own profiler, batch 1)."),
     remote: Optional[str] = typer.Option(None, "--remote", help="Bench on a device over ssh: user@host[:dir] (dir default edgekd-bench, edgekd's own there)."),
     ssh_options: Optional[List[str]] = typer.Option(None, "--ssh-option", help="ssh_config Key=Value for --remote, repeatable (Port=2222, IdentityFile=~/.ssh/jetson)."),
     remote_edgekd: Optional[str] = typer.Option(None, "--remote-edgekd", help="The edgekd command on the device when not on ssh's PATH (e.g. ~/venv/bin/edgekd)."),
