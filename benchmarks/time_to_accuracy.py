@@ -183,7 +183,9 @@ def report(args: argparse.Namespace) -> None:
     md += _against_reference(rows)
     (RESULTS / "time-to-accuracy.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    _plot(groups)
+    # A tagged group of one run is a screen (a --set tried on one seed): the table keeps it, the plot shows
+    # defaults and settings measured over several runs (e.g. --grey), so it stays readable as screens pile up.
+    _plot({k: rs for k, rs in groups.items() if len(rs) > 1 or not any(r.get("tag") for r in rs)})
 
 
 def _side_by_side(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
