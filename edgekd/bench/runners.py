@@ -16,6 +16,12 @@ JETPACK_HINT = ("TensorRT's Python bindings come with JetPack: 'sudo apt-get ins
                 "(plus 'pip install pycuda'), and a venv made with --system-site-packages")
 
 
+def _shares(totals: Dict[str, float]) -> Dict[str, float]:
+    """Each operator type's time as a share of the whole, largest first (what --profile reports)."""
+    whole = sum(totals.values()) or 1.0
+    return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 class OrtRunner:
     name = "onnxruntime"
 
@@ -85,8 +91,7 @@ class OrtRunner:
             if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e["ts"] >= after:
                 op = e.get("args", {}).get("op_name", "?")
                 totals[op] = totals.get(op, 0.0) + e["dur"]
-        whole = sum(totals.values()) or 1.0
-        return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+        return _shares(totals)
 
     def environment(self) -> Dict[str, Any]:
         return {"runtime": "onnxruntime", "version": self._ort.__version__, "provider": self.provider,
@@ -184,8 +189,7 @@ class OpenVinoRunner:
             for layer in request.get_profiling_info():  # per-layer times of the last run
                 if layer.status == layer.Status.EXECUTED:
                     totals[layer.node_type] = totals.get(layer.node_type, 0.0) + layer.real_time.total_seconds()
-        whole = sum(totals.values()) or 1.0
-        return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+        return _shares(totals)
 
     def environment(self) -> Dict[str, Any]:
         return {"runtime": "openvino", "version": self._ov.__version__, "provider": self.provider,
