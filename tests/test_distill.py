@@ -61,9 +61,12 @@ def test_generator_and_replay_options_run_and_travel_to_export(tmp_path):
     cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 3, "student": "resnet18-cifar", "s_steps": 2,
                                                    "gen_output": "pixel", "bn_loss": "kl",
                                                    "replay_policy": "reservoir", "replay_size": 32,
-                                                   "g_jitter": 0.1})
+                                                   "g_jitter": 0.1, "w_div": 1.0})
     result = distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
     assert result.steps == 3
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    div = [r["div"] for r in rows if "div" in r]  # mean cosine of same-class features: in [-1, 1]
+    assert div and all(-1 <= v <= 1 for v in div)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["g_jitter"] == 0.1  # BN teacher: kept
     bn = [r["bn"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "bn" in r]
     assert bn and all(math.isfinite(v) for v in bn)

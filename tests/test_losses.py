@@ -18,6 +18,17 @@ def test_activation_loss():
     assert L.activation_loss(f).item() == -1.5
 
 
+def test_class_diversity_counts_only_pairs_of_one_class():
+    f = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 2.0]], requires_grad=True)
+    logits = torch.tensor([[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, 5.0]])
+    # class 0 pair: cos((1,0), (1,1)) = 1/sqrt2; class 1 pair: identical directions, cos = 1
+    assert abs(L.class_diversity_loss(f, logits).item() - (1 / math.sqrt(2) + 1) / 2) < 1e-6
+    L.class_diversity_loss(f, logits).backward()
+    assert f.grad.abs().sum() > 0  # G gets a push apart
+    distinct = torch.tensor([[5.0, 0.0], [0.0, 5.0], [0.0, 0.0], [0.0, 0.0]])[:2]
+    assert L.class_diversity_loss(f[:2], distinct).item() == 0.0  # no two images share a class
+
+
 def test_balance_loss_is_minus_log_k_when_balanced_and_zero_when_collapsed():
     balanced = torch.tensor([[10.0, 0.0], [0.0, 10.0]])
     assert abs(L.balance_loss(balanced).item() + math.log(2)) < 1e-3

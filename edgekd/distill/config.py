@@ -55,6 +55,7 @@ class DistillConfig:
     w_oh: float = 0.0
     w_bal: float = 0.0
     w_act: float = 0.0
+    w_div: float = 0.0  # within-class diversity of the teacher's features (generator synthesizer)
     w_at: float = 0.0
     w_gan: float = 0.0
     w_tv: float = 0.0  # DeepInversion's total-variation prior on G's images (DataFree's deepinv: 0.001)

@@ -284,9 +284,9 @@ class Distiller:
         depend on them reset, each with a note; a setting the teacher suggests (--grey) gets a note only."""
         cfg = self.cfg
         scripted = isinstance(t, torch.jit.ScriptModule)
-        if scripted and (cfg.w_bn or cfg.w_act or cfg.w_at):
-            self.notes.append("TorchScript teacher: forward hooks unavailable, so bn/act/at weights are 0")
-            cfg.w_bn = cfg.w_act = cfg.w_at = 0.0
+        if scripted and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at):
+            self.notes.append("TorchScript teacher: forward hooks unavailable, so bn/act/div/at weights are 0")
+            cfg.w_bn = cfg.w_act = cfg.w_div = cfg.w_at = 0.0
         if cfg.w_bn and not has_batchnorm(t):
             self.notes.append("teacher has no BatchNorm: bn weight set to 0")
             cfg.w_bn = 0.0
@@ -309,10 +309,10 @@ class Distiller:
     def _hooks(self, t: nn.Module, s: nn.Module) -> None:
         cfg = self.cfg
         self.bn_hook = BNStatsHook(t) if cfg.w_bn else None
-        self.feat_hook = ClassifierInputHook(t) if cfg.w_act else None
+        self.feat_hook = ClassifierInputHook(t) if cfg.w_act or cfg.w_div else None
         if self.feat_hook is not None and not self.feat_hook.available:
-            self.notes.append("teacher has no nn.Linear head: act weight set to 0")
-            cfg.w_act = 0.0
+            self.notes.append("teacher has no nn.Linear head: act and div weights set to 0")
+            cfg.w_act = cfg.w_div = 0.0
         self.at_t = FeatureMapHook(t) if cfg.w_at else None
         self.at_s = FeatureMapHook(s) if cfg.w_at else None
 

@@ -26,6 +26,23 @@ def activation_loss(features: torch.Tensor) -> torch.Tensor:
     return -features.float().abs().mean()
 
 
+def class_diversity_loss(features: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+    """`div`: the mean cosine similarity of f_T between images the teacher puts in the same class.
+
+    Why: on a colour-photo BN teacher the generator drew one image per class (benchmarks/TUNING.md
+    round 14) and the student then failed on the class's other looks. CMI (Fang et al., IJCAI 2021)
+    keeps samples apart with a contrastive head over a feature memory; this is its within-batch core
+    with no extra network: pairs of one class are pushed apart in the teacher's own feature space.
+    0 when no two images share a class.
+    """
+    f = F.normalize(features.float().flatten(1), dim=1)
+    y = t_logits.argmax(1)
+    same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+    if not bool(same.any()):
+        return f.sum() * 0.0
+    return (f @ f.T)[same].mean()
+
+
 def balance_loss(t_logits: torch.Tensor) -> torch.Tensor:
     """DAFL `bal`: sum_k p_k log p_k of the batch-mean softmax; minimal (-log K) when classes are balanced.
 

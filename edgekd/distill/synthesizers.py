@@ -72,6 +72,8 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
         terms["oh"] = L.one_hot_loss(t_logits) if labels is None else F.cross_entropy(t_logits.float(), labels)
     if cfg.w_act:
         terms["act"] = L.activation_loss(d.feat_hook.features)
+    if cfg.w_div:
+        terms["div"] = L.class_diversity_loss(d.feat_hook.features, t_logits)
     if cfg.w_bal:
         terms["bal"] = L.balance_loss(t_logits)
     if cfg.w_tv:
@@ -80,7 +82,8 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
         terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop(), cfg.bn_first)
     if cfg.w_adv:
         terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
-    weights = {"oh": cfg.w_oh, "act": cfg.w_act, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv, "tv": cfg.w_tv}
+    weights = {"oh": cfg.w_oh, "act": cfg.w_act, "div": cfg.w_div, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv,
+               "tv": cfg.w_tv}
     loss = sum(weights[k] * v for k, v in terms.items())
     m.opt_g.zero_grad(set_to_none=True)
     if torch.is_tensor(loss) and loss.requires_grad:
