@@ -101,7 +101,7 @@ def run_one(teacher: str, method: str, seed: int, budget: float, eval_every: flo
     history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     curve = [(h["time"], h["accuracy"], h.get("agreement_pool")) for h in history if "accuracy" in h]
     return {"teacher": teacher, "method": method, "resolved_method": cfg.method, "seed": seed, "tag": tag,
-            "sets": sets, "budget_s": budget, "steps": result.steps, "s_steps": json.loads(
+            "sets": sets, "gen_grey": cfg.gen_grey, "grey_choice": cfg.grey_choice, "budget_s": budget, "steps": result.steps, "s_steps": json.loads(
                 (run_dir / "summary.json").read_text()).get("s_steps"),
             "accuracy": round(result.metrics["accuracy"], 4), "best_seen": round(max(a for _, a, _ in curve), 4),
             "teacher_accuracy": round(result.teacher_accuracy, 4), "curve": curve, "events": result.events,

@@ -57,6 +57,15 @@ def test_each_preset_runs_on_a_bn_teacher(tmp_path, method):
     assert calib["x"].shape == (n, 3, 16, 16) and np.isfinite(calib["x"]).all()
 
 
+def test_a_term_the_synthesizer_lacks_is_zeroed_with_a_note(tmp_path):
+    cfg = resolve_config("fast", overrides={**FAST, "iterations": 1, "student": "resnet18-cifar", "s_steps": 1,
+                                            "g_steps": 1, "w_div": 10.0, "w_bal": 2.0})
+    distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["w_div"] == 0 and config["w_bal"] == 0 and config["w_bn"] == PRESETS["fast"]["w_bn"]
+    assert any("meta synthesizer (fast) has no div/bal term" in n for n in config["notes"]), config["notes"]
+
+
 def test_generator_and_replay_options_run_and_travel_to_export(tmp_path):
     cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 3, "student": "resnet18-cifar", "s_steps": 2,
                                                    "gen_output": "pixel", "bn_loss": "kl",

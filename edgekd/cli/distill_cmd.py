@@ -57,7 +57,7 @@ def distill_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its settings (a new --time-budget or --iterations may extend it)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings (see 'edgekd distill --help' and config.json of a run)."),
-    grey: bool = typer.Option(False, "--grey", help="The teacher learnt from grey images copied to every channel (MNIST, X-rays on an RGB backbone): make grey images, not colour it never saw."),
+    grey: Optional[bool] = typer.Option(None, "--grey/--no-grey", help="The teacher learnt from grey images copied to every channel (MNIST, X-rays on an RGB backbone): make grey images, not colour it never saw. Default: read from the teacher's first BatchNorm where it can tell (the run's notes say), else colour."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting, e.g. --set w_bn=0.5 --set s_steps=5."),
     teacher_arch: Optional[str] = TEACHER_ARCH,
     trust_pickle: bool = TRUST_PICKLE,
@@ -95,8 +95,8 @@ def distill_cmd(
     given = {"student": student, "seed": seed, "method": method,
              "device": None if device == "auto" else device, "precision": None if precision == "auto" else precision}
     overrides = {k: v for k, v in given.items() if v is not None}
-    if grey:
-        overrides["gen_grey"] = True
+    if grey is not None:
+        overrides["gen_grey"] = grey
     if iterations is not None:
         overrides["iterations"] = iterations
     if time_budget is not None or (iterations is None and not saved):

@@ -71,7 +71,8 @@ def inspect_cmd(
     resize: Optional[str] = RESIZE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Say what a checkpoint is: format, architecture, classes, input shape, parameters, MACs."""
+    """Say what a checkpoint is: format, architecture, classes, input shape, parameters, MACs, grey or colour data."""
+    from edgekd.distill.grey import grey_setting
     from edgekd.models.checkpoint import load_model
     from edgekd.models.info import count_macs, count_parameters
 
@@ -83,6 +84,7 @@ def inspect_cmd(
         "std": list(spec.std), "labels": list(spec.labels) if spec.labels else None,
         "parameters": count_parameters(loaded.model), "macs": count_macs(loaded.model, spec.input_shape),
         "provenance": loaded.provenance,
+        "data_colour": grey_setting(loaded)[1] or None,  # what distill's generator will make, and why
     }
     if as_json:
         print(json.dumps(info, indent=2))
@@ -94,6 +96,8 @@ def inspect_cmd(
         table.add_row(key, str(info[key]))
     table.add_row("parameters", f"{info['parameters']:,}")
     table.add_row("MACs", f"{info['macs']:,}")
+    if info["data_colour"]:
+        table.add_row("data colour", info["data_colour"])
     table.add_row("sha256", info["sha256"][:16] + "...")
     for k, v in (info["provenance"] or {}).items():
         table.add_row(f"provenance.{k}", str(v)[:80])

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
 
 from edgekd.distill.augment import AUGMENTS
 from edgekd.distill.generator import OUTPUTS as GEN_OUTPUTS
+from edgekd.distill.grey import grey_setting
 from edgekd.distill.losses import BN_LOSSES, DIVERGENCES, TV_LOSSES
 from edgekd.distill.presets import AUTO, DEFAULT_METHOD, PRESETS, choose_method
 from edgekd.distill.replay import POLICIES as REPLAY_POLICIES
@@ -42,6 +43,7 @@ class DistillConfig:
     gen_width: int = 128  # generator base channels (DAFL: 128)
     g_jitter: float = 0.0  # > 0: G's batch rolled by up to this fraction of a side (DeepInversion); only with w_bn
     gen_grey: bool = False  # G makes one grey channel for every input channel (grey data on an RGB teacher)
+    grey_choice: str = ""  # what the teacher's first BatchNorm said of gen_grey, when the user did not (grey.py)
     gen_labels: bool = False  # class-conditional G asked for balanced target classes (oh = CE to the label)
     g_out_lr_mult: float = 1.0  # G's output scale/shift (affine, pixel heads) learn at this multiple of lr_g
     gen_output: str = "bn"  # bn: DAFL's whitened output | affine: + learnt scale/shift | pixel: [0, 1] pixels, normalised
@@ -246,4 +248,8 @@ def resolve_config(method: str = DEFAULT_METHOD, file_values: Optional[Dict[str,
     if method not in PRESETS:
         raise UsageError(f"unknown method {method!r}: choose one of {AUTO}, {', '.join(PRESETS)}")
     values: Dict[str, Any] = {**PRESETS[method], **file_values, **overrides, "method": method, "method_choice": choice}
+    if teacher is not None and "gen_grey" not in file_values and "gen_grey" not in overrides:
+        values["gen_grey"], values["grey_choice"] = grey_setting(teacher)
+    elif "gen_grey" in overrides:
+        values["grey_choice"] = ""  # the user said
     return DistillConfig(**values).validate()

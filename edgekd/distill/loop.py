@@ -39,7 +39,7 @@ from edgekd.distill.hooks import BNStatsHook, ClassifierInputHook, FeatureMapHoo
 from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
 from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
 from edgekd.distill.replay import ReplayMemory
-from edgekd.distill.synthesizers import SYNTHESIZERS
+from edgekd.distill.synthesizers import IMAGE_TERMS, SYNTHESIZERS
 from edgekd.errors import EdgekdError, TrainingError, UsageError
 from edgekd.fileio import atomic_path, write_json
 from edgekd.models.checkpoint import LoadedModel, save_checkpoint
@@ -283,6 +283,12 @@ class Distiller:
         """Before anything is built: terms the teacher cannot support are switched off, and settings that
         depend on them reset, each with a note; a setting the teacher suggests (--grey) gets a note only."""
         cfg = self.cfg
+        unused = [k for k in IMAGE_TERMS if getattr(cfg, f"w_{k}") and k not in SYNTHESIZERS[cfg.synthesizer].terms]
+        if unused:  # said, not silently ignored: a --set w_div=10 on the fast preset does nothing
+            self.notes.append(f"the {cfg.synthesizer} synthesizer ({cfg.method}) has no {'/'.join(unused)} term: "
+                              "weight set to 0")
+            for k in unused:
+                setattr(cfg, f"w_{k}", 0.0)
         scripted = isinstance(t, torch.jit.ScriptModule)
         if scripted and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at):
             self.notes.append("TorchScript teacher: forward hooks unavailable, so bn/act/div/at weights are 0")
@@ -296,7 +302,11 @@ class Distiller:
             self.notes.append("no BN-statistics term: g_jitter (part of that prior) set to 0")
             cfg.g_jitter = 0.0
         spec = self.spec
-        if spec.in_channels > 1 and not cfg.gen_grey and len(set(spec.mean)) == len(set(spec.std)) == 1:
+        if cfg.grey_choice:  # what the teacher's first BatchNorm said (grey.py), the user silent
+            self.notes.append(f"the generator makes {'grey' if cfg.gen_grey else 'colour'} images "
+                              f"({'--no-grey' if cfg.gen_grey else '--grey'} to change); the teacher's data: {cfg.grey_choice}")
+        if (spec.in_channels > 1 and not cfg.gen_grey and not cfg.grey_choice.startswith("colour")
+                and len(set(spec.mean)) == len(set(spec.std)) == 1):
             # Grey data copied to every channel is normalised alike in each; colour data rarely is.
             self.notes.append("the teacher's channels share one mean/std: if it learnt from grey images copied to "
                               "every channel, --grey makes grey images (+24 points on such a teacher, "

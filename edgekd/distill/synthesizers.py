@@ -177,20 +177,35 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     cfg, m = d.cfg, d.m
     k, n, dev = d.spec.num_classes, cfg.batch_size, d.plan.device
     m.student.requires_grad_(False)
-    x = torch.randn(n, *d.spec.input_shape, device=dev).requires_grad_(True)
+    mean, std = (torch.tensor(v, device=dev).reshape(1, -1, 1, 1) for v in (d.spec.mean, d.spec.std))
+    c, h, w = d.spec.input_shape
+    if cfg.gen_grey and c > 1:
+        # One grey picture per image, written into every channel through that channel's normalisation
+        # (grey data on an RGB teacher, grey.py). It is optimised in the channels' average normalisation,
+        # so lr means what it means for colour pixels.
+        m0, s0 = mean.mean(), std.mean()
+        x = torch.randn(n, 1, h, w, device=dev).requires_grad_(True)
+
+        def image() -> torch.Tensor:
+            return (x * s0 + m0 - mean) / std
+        lo, hi = (0.0 - m0) / s0, (1.0 - m0) / s0
+    else:
+        x = torch.randn(n, c, h, w, device=dev).requires_grad_(True)
+
+        def image() -> torch.Tensor:
+            return x
+        lo, hi = (0.0 - mean) / std, (1.0 - mean) / std
     labels = balanced_labels(n, k, dev)
-    lo, hi = ((torch.tensor(b, device=dev).reshape(1, -1, 1, 1) - torch.tensor(d.spec.mean, device=dev).reshape(1, -1, 1, 1))
-              / torch.tensor(d.spec.std, device=dev).reshape(1, -1, 1, 1) for b in ([0.0], [1.0]))
     lr = m.opt_g.param_groups[0]["lr"]  # the run's schedule, set for this iteration
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.99))
-    best_loss, best = float("inf"), x.detach().clone()
+    best_loss, best = float("inf"), image().detach().clone()
     weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv, "tv": cfg.w_tv, "l2": cfg.w_l2}
     start = time.perf_counter()
     for i in range(cfg.g_steps):
         # A batch of the paper's 2000 steps outlasts a CPU budget: the run's clock ends it early.
         if i and cfg.time_budget and d.elapsed + time.perf_counter() - start >= cfg.time_budget:
             break
-        xa = jitter(x, cfg.g_jitter)
+        xa = jitter(image(), cfg.g_jitter)
         if cfg.g_flip and bool(torch.rand(()) < 0.5):
             xa = xa.flip(3)
         t_logits, terms = targeted_terms(d, xa, labels)
@@ -200,7 +215,7 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
             terms["l2"] = torch.norm(xa.float())
         loss = sum(weights[key] * v for key, v in terms.items())
         if float(loss.detach()) < best_loss:
-            best_loss, best = float(loss.detach()), x.detach().clone()
+            best_loss, best = float(loss.detach()), image().detach().clone()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -300,13 +315,15 @@ class Synthesizer:
     run: Callable[[Distiller], Dict[str, torch.Tensor]]  # one iteration's images, left in d._last_batch
     heldout: Callable[[Distiller], Optional[torch.Tensor]]  # images for agreement, never trained on
     trains_generator: bool  # False: no generator.pt; export calibrates on the run's saved images
+    terms: Tuple[str, ...]  # the image-side loss weights (w_<term>) it uses; the run zeroes others, with a note
 
 
 SYNTHESIZERS: Dict[str, Synthesizer] = {
-    "generator": Synthesizer(generator_synthesis, generator_heldout, True),
-    "meta": Synthesizer(meta_synthesis, generator_heldout, True),
-    "inversion": Synthesizer(inversion_synthesis, withheld_heldout, False),
+    "generator": Synthesizer(generator_synthesis, generator_heldout, True, ("oh", "act", "div", "bal", "bn", "adv", "tv")),
+    "meta": Synthesizer(meta_synthesis, generator_heldout, True, ("oh", "bn", "adv")),
+    "inversion": Synthesizer(inversion_synthesis, withheld_heldout, False, ("oh", "bn", "adv", "tv", "l2")),
     # NAYER's generator is re-initialised every g_life iterations: images withheld from the batches
     # make the held-out set, and export calibrates on the run's saved images.
-    "nayer": Synthesizer(nayer_synthesis, withheld_heldout, False),
+    "nayer": Synthesizer(nayer_synthesis, withheld_heldout, False, ("oh", "bn", "adv")),
 }
+IMAGE_TERMS = ("oh", "act", "div", "bal", "bn", "adv", "tv", "l2")
