@@ -130,6 +130,10 @@ def _md(rows: List[Dict[str, Any]], cpu: str) -> str:
             if sel:
                 c = [sum(r["verdict"] is v for r in sel) for v in (True, False, None)]
                 out.append(f"| {kind} | {norm} | {len(sel)} | {c[0]} | {c[1]} | {c[2]} |")
+    for kind in ("grey", "colour", "pale"):
+        spreads = [max(r["means"]) - min(r["means"]) for r in syn if r["data"] == kind and r["means"]]
+        if spreads:
+            out.append(f"| {kind}: channel means apart by | | {min(spreads):.4f} (least) | {max(spreads):.4f} (most) | | |")
     wrong = [r for r in syn if r["verdict"] is not None and r["verdict"] != r["truth"]]
     out += ["", f"Wrong verdicts: {len(wrong)} of {len(syn)}."]
     out += [f"- {r['subject']} {r['data']} {r['norm']}: {word(r['verdict'])} ({r['reason']})" for r in wrong]
@@ -150,7 +154,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--report", action="store_true", help="rewrite the .md from the saved .json, nothing run")
     args = ap.parse_args()
+    if args.report:
+        saved = json.loads((RESULTS / "grey-detection.json").read_text())
+        cpu = saved["cpu"]
+        (RESULTS / "grey-detection.md").write_text(_md(saved["rows"], f"{cpu['cpu']}, flags {' '.join(cpu['flags'])}"))
+        return
     from edgekd.cpu import cpu_summary
 
     torch.set_num_threads(1)

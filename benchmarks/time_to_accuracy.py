@@ -63,6 +63,11 @@ TEACHERS: Dict[str, Teacher] = {
         "fmnist_resnet18.pt", "fashion-mnist", "mobilenet_v2",
         f"{TRAIN} --arch resnet18 --data fashion-mnist:train --test fashion-mnist --channels 3 --size 32 "
         "--epochs 1 --format state_dict", {"mean": (0.5,), "std": (0.5,), "input_size": (32, 32)}, has_bn=True),
+    # the README's own case: a torchvision ResNet-34 of grey images copied to 3 channels
+    "fmnist-resnet34": Teacher(
+        "fmnist_resnet34.pt", "fashion-mnist", "mobilenet_v2",
+        f"{TRAIN} --arch resnet34 --data fashion-mnist:train --test fashion-mnist --channels 3 --size 32 "
+        "--epochs 1 --format state_dict", {"mean": (0.5,), "std": (0.5,), "input_size": (32, 32)}, has_bn=True),
     # the one teacher of colour photographs (scripts/photo_patches.py: patches of ten photos, labelled by photo)
     "photo10-resnet34": Teacher(
         "photo10_resnet34.pt", "/tmp/teachers/photo10_test.npz", "mobilenet_v2",

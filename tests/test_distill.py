@@ -57,6 +57,23 @@ def test_each_preset_runs_on_a_bn_teacher(tmp_path, method):
     assert calib["x"].shape == (n, 3, 16, 16) and np.isfinite(calib["x"]).all()
 
 
+def test_g_warmup_trains_the_generator_alone_first(tmp_path, monkeypatch):
+    from edgekd.distill import student as student_module
+
+    steps_with_student = []
+    real_step = student_module.student_step
+    monkeypatch.setattr(student_module, "student_step",
+                        lambda d, first: steps_with_student.append(d.step) or real_step(d, first))
+    cfg = resolve_config("adversarial-bn", overrides={**FAST, "iterations": 4, "student": "resnet18-cifar",
+                                                      "s_steps": 2, "g_warmup": 0.5})
+    distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
+    assert set(steps_with_student) == {2, 3}, steps_with_student  # iterations 0 and 1 (half the run): G alone
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "kd" in [r for r in rows if "loss_g" in r][-1]
+    with pytest.raises(UsageError, match="g_warmup"):
+        resolve_config("adversarial", overrides={"iterations": 1, "g_warmup": 1.0})
+
+
 def test_a_term_the_synthesizer_lacks_is_zeroed_with_a_note(tmp_path):
     cfg = resolve_config("fast", overrides={**FAST, "iterations": 1, "student": "resnet18-cifar", "s_steps": 1,
                                             "g_steps": 1, "w_div": 10.0, "w_bal": 2.0})

@@ -136,3 +136,22 @@ def test_cli_inspect_says_grey_and_distill_no_grey_overrides(tmp_path, fmnist):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["gen_grey"] is False and config["grey_choice"] == ""
+
+
+@pytest.mark.parametrize("grey", [True, False])
+def test_generator_starts_at_the_data_mean(tmp_path, fmnist, grey):
+    from edgekd.distill.loop import Distiller
+
+    mean, std = IMAGENET
+    torch.manual_seed(0)
+    raw = _raw(fmnist, n=128, size=16)
+    teacher = _loaded(_with_statistics(create_model("wrn16-2", 10, 3), raw, mean, std), tmp_path, mean, std, size=16)
+    cfg = resolve_config("adversarial-bn", overrides={**FAST, "iterations": 1, "student": "resnet18-cifar",
+                                                      "gen_init_mean": True, "gen_grey": grey}, teacher=teacher)
+    d = Distiller(teacher, cfg, tmp_path / "run")
+    g = d.m.generator.train()
+    with torch.no_grad():
+        x = g(torch.randn(64, cfg.latent_dim)).float()
+    made = (x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).mean((0, 2, 3))
+    assert torch.allclose(made, torch.full((3,), float(raw.mean())), atol=0.03), (made, float(raw.mean()))
+    assert any(n.startswith("G's output starts at the data's mean") for n in d.notes)

@@ -43,6 +43,7 @@ class DistillConfig:
     gen_width: int = 128  # generator base channels (DAFL: 128)
     g_jitter: float = 0.0  # > 0: G's batch rolled by up to this fraction of a side (DeepInversion); only with w_bn
     gen_grey: bool = False  # G makes one grey channel for every input channel (grey data on an RGB teacher)
+    gen_init_mean: bool = False  # affine head: G's output shift starts at the data's mean per channel (grey.py)
     grey_choice: str = ""  # what the teacher's first BatchNorm said of gen_grey, when the user did not (grey.py)
     gen_labels: bool = False  # class-conditional G asked for balanced target classes (oh = CE to the label)
     g_out_lr_mult: float = 1.0  # G's output scale/shift (affine, pixel heads) learn at this multiple of lr_g
@@ -76,6 +77,7 @@ class DistillConfig:
     g_steps: int = 1  # generator steps per iteration (meta: inner steps on one batch)
     s_steps: int = 1  # student steps per G step; with s_time_ratio > 0, the most it may be
     s_time_ratio: float = 0.0  # > 0: after two iterations, s_steps = this x (G step time / S step time), capped
+    g_warmup: float = 0.0  # this share of the run trains the synthesizer alone: no student steps, no memory
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
     lr_g: float = 1e-3
     lr_s: float = 2e-3
@@ -142,6 +144,8 @@ class DistillConfig:
             raise UsageError("ema_decay must be in [0, 1)")
         if self.g_steps < 1 or self.s_steps < 1:
             raise UsageError("g_steps and s_steps must be >= 1")
+        if not 0 <= self.g_warmup < 1:
+            raise UsageError("g_warmup must be in [0, 1): the share of the run that trains the generator alone")
         if not self.s_time_ratio >= 0:
             raise UsageError("s_time_ratio must be >= 0 (0: a fixed s_steps)")
         return self

@@ -71,7 +71,8 @@ def _first_conv_and_bn(model: nn.Module, input_shape: Sequence[int]) -> Optional
         model.eval()
         with torch.no_grad():
             param = next(model.parameters(), None)
-            model(torch.randn(2, *input_shape, device=param.device if param is not None else "cpu"))
+            probe = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))  # not the run's stream
+            model(probe.to(param.device if param is not None else "cpu"))
         model.train(was_training)
     except Exception:  # a teacher that needs something else to run: no answer, not an error here
         return None
@@ -84,24 +85,23 @@ def _first_conv_and_bn(model: nn.Module, input_shape: Sequence[int]) -> Optional
     return conv, bn
 
 
-def grey_evidence(model: nn.Module, input_shape: Sequence[int], mean: Sequence[float],
-                  std: Sequence[float]) -> GreyEvidence:
-    """What the teacher's first BatchNorm says about the colour of its training data (module doc)."""
+def channel_means(model: nn.Module, input_shape: Sequence[int], mean: Sequence[float],
+                  std: Sequence[float]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], str]:
+    """The training data's mean raw pixel value per input channel and its standard error, as the first
+    BatchNorm gives them (module doc); (None, None, why not) where it cannot."""
     c, h, w = input_shape
-    if c < 2:
-        return GreyEvidence(None, "one input channel")
     found = _first_conv_and_bn(model, input_shape)
     if found is None:
-        return GreyEvidence(None, "no BatchNorm reads the first convolution's output directly")
+        return None, None, "no BatchNorm reads the first convolution's output directly"
     conv, bn = found
     if not bn.running_mean.any() and bool((bn.running_var == 1).all()):
-        return GreyEvidence(None, "its first BatchNorm holds no statistics (never trained)")
+        return None, None, "its first BatchNorm holds no statistics (never trained)"
     if conv.groups != 1 or conv.in_channels != c:
-        return GreyEvidence(None, "the first convolution is grouped")
+        return None, None, "the first convolution is grouped"
     weight = conv.weight.detach().double().cpu()
     o = weight.shape[0]
     if o < 4 * c:
-        return GreyEvidence(None, f"the first convolution has only {o} output channels")
+        return None, None, f"the first convolution has only {o} output channels"
     sd = torch.tensor([float(v) for v in std], dtype=torch.double).expand(c)
     mu = torch.tensor([float(v) for v in mean], dtype=torch.double).expand(c)
     ones = torch.zeros(c, 1, c, h, w, dtype=torch.double)
@@ -113,12 +113,21 @@ def grey_evidence(model: nn.Module, input_shape: Sequence[int], mean: Sequence[f
     y = bn.running_mean.detach().double().cpu() - bias + a @ mu
     sol = torch.linalg.lstsq(a, y[:, None]).solution.squeeze(1)
     resid = y - a @ sol
-    dof = max(o - c, 1)
     try:
-        cov = (resid @ resid / dof) * torch.linalg.inv(a.T @ a)
+        cov = (resid @ resid / max(o - c, 1)) * torch.linalg.inv(a.T @ a)
     except RuntimeError:  # singular: the channels' filters are not independent
-        return GreyEvidence(None, "the first convolution's channels cannot be told apart")
-    se = cov.diag().clamp_min(0).sqrt()
+        return None, None, "the first convolution's channels cannot be told apart"
+    return sol, cov.diag().clamp_min(0).sqrt(), ""
+
+
+def grey_evidence(model: nn.Module, input_shape: Sequence[int], mean: Sequence[float],
+                  std: Sequence[float]) -> GreyEvidence:
+    """What the teacher's first BatchNorm says about the colour of its training data (module doc)."""
+    if input_shape[0] < 2:
+        return GreyEvidence(None, "one input channel")
+    sol, se, why = channel_means(model, input_shape, mean, std)
+    if sol is None or se is None:
+        return GreyEvidence(None, why)
     means = tuple(round(v, 4) for v in sol.tolist())
     errs = tuple(round(v, 4) for v in se.tolist())
     spread, err = float(sol.max() - sol.min()), float(se.max())

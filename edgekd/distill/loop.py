@@ -35,6 +35,7 @@ from edgekd.distill.config import DistillConfig
 from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.distributed import World
 from edgekd.distill.generator import Generator, reset_weights
+from edgekd.distill.grey import channel_means
 from edgekd.distill.hooks import BNStatsHook, ClassifierInputHook, FeatureMapHook, has_batchnorm
 from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
 from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
@@ -220,6 +221,8 @@ class Distiller:
         self.plans["teacher"].module(g)
         self.plans["student"].module(s)
         self._fit_config_to_teacher(t)
+        if cfg.gen_init_mean:
+            self._start_generator_at_data_mean(t, g)
         d = Discriminator(k).to(dev) if cfg.w_gan > 0 else None
         self.m = _Models(
             teacher=t, student=s, generator=g, disc=d,
@@ -316,6 +319,24 @@ class Distiller:
             self.notes.append("no BN-statistics term: g_out_lr_mult set to 1")
             cfg.g_out_lr_mult = 1.0
 
+    def _start_generator_at_data_mean(self, t: nn.Module, g: Generator) -> None:
+        """G's affine output shift starts where the teacher's first BatchNorm puts its data's mean (grey.py),
+        instead of at the normalised 0 it would take the 50x-lr shift tens of steps to leave."""
+        spec = self.spec
+        if g.output != "affine":
+            self.notes.append("gen_init_mean needs the affine output head: not applied")
+            return
+        means, _, why = channel_means(t, spec.input_shape, spec.mean, spec.std)
+        if means is None:
+            self.notes.append(f"gen_init_mean: no data mean to start from ({why})")
+            return
+        m = means.float().to(g.mean.device).reshape(1, -1, 1, 1)
+        shift = (m.mean(1, keepdim=True) - g.mean[:, :1]) / g.std[:, :1] if g.grey else (m - g.mean) / g.std
+        with torch.no_grad():
+            g.out_bn.bias.copy_(shift.flatten())
+        self.notes.append("G's output starts at the data's mean per channel, "
+                          + " / ".join(f"{v:.3f}" for v in means.tolist()) + " (the teacher's first BatchNorm)")
+
     def _hooks(self, t: nn.Module, s: nn.Module) -> None:
         cfg = self.cfg
         self.bn_hook = BNStatsHook(t) if cfg.w_bn else None
@@ -347,12 +368,16 @@ class Distiller:
         self.m.generator.train()
         self.m.student.train()
         terms: Dict[str, torch.Tensor] = {}
-        # The second iteration (warm, representative) is timed when S steps follow their cost.
-        timing = cfg.s_time_ratio > 0 and self.step == 1 and not self.s_steps_chosen
+        # During g_warmup the synthesizer learns alone: early images are far from the teacher's data
+        # (BN loss still falling fast), and the student's steps on them are most of an iteration's cost.
+        warm = self._fraction() < cfg.g_warmup
+        # The first iteration with student steps after the first (warm, representative) is timed when
+        # S steps follow their cost.
+        timing = cfg.s_time_ratio > 0 and self.step >= 1 and not self.s_steps_chosen and not warm
         t0 = self._now(timing)
         terms.update(SYNTHESIZERS[cfg.synthesizer].run(self))
         t1 = self._now(timing)
-        for i in range(self.s_steps):
+        for i in range(0 if warm else self.s_steps):
             terms.update(student.student_step(self, first=i == 0))
         if timing:
             self._choose_s_steps(t1 - t0, (self._now(timing) - t1) / self.s_steps)
@@ -618,7 +643,7 @@ class Distiller:
                     self._warn_if_chance(latest)
                 if self.step % 10 == 0 or "agreement_synthetic" in record:
                     self._log(record)
-                self.progress.update(self._fraction(), self.step, {**{k: losses[k] for k in ("loss_g", "loss_s")}, **latest})
+                self.progress.update(self._fraction(), self.step, {**{k: losses[k] for k in ("loss_g", "loss_s") if k in losses}, **latest})
                 due = (now - last_ckpt >= cfg.checkpoint_every_s
                        or bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
                 # Every rank goes on by rank 0's clock and checkpoint times and stops when any is asked to.
