@@ -23,7 +23,7 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 FAST = dict(batch_size=16, eval_every_s=1e9, calib_images=32, replay_size=64, eval_images=200)
 
 
-def _raw(fmnist, tint=(1.0, 1.0, 1.0), n=256, size=32):
+def _raw(fmnist, tint=(1.0, 1.0, 1.0), n=128, size=32):
     x = torch.from_numpy(fmnist.images[:n].astype(np.float32) / 255).permute(0, 3, 1, 2)
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.repeat(1, 3, 1, 1) * torch.tensor(tint).view(1, 3, 1, 1)
