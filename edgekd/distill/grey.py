@@ -66,17 +66,17 @@ def _first_conv_and_bn(model: nn.Module, input_shape: Sequence[int]) -> Optional
         seen.setdefault("bn", (m, inp[0]))
 
     hooks = [convs[0].register_forward_hook(conv_out)] + [bn.register_forward_pre_hook(bn_in) for bn in bns]
+    was_training = model.training
     try:
-        was_training = model.training
-        model.eval()
+        model.eval()  # eval: the probe must not move the running statistics it is about to read
         with torch.no_grad():
             param = next(model.parameters(), None)
             probe = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))  # not the run's stream
             model(probe.to(param.device if param is not None else "cpu"))
-        model.train(was_training)
     except Exception:  # a teacher that needs something else to run: no answer, not an error here
         return None
-    finally:
+    finally:  # the teacher leaves as it came, hooks and mode, whether or not its forward ran
+        model.train(was_training)
         for h in hooks:
             h.remove()
     conv, (bn, bn_in) = convs[0], seen.get("bn", (None, None))
