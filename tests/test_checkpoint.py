@@ -205,3 +205,70 @@ def test_train_teacher_writes_dafl_layout_torchscript(tmp_path):
     assert torch.allclose(loaded.model(x), model(x), atol=1e-6)
     with pytest.raises(SystemExit, match="needs --arch lenet5"):
         mod.DaflLeNet5.from_lenet5(create_model("lenet5-half", 10, 1))
+
+
+def test_state_dicts_as_training_scripts_save_them(tmp_path):
+    """Names differ from the architecture's in the ways training code makes them differ."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10, 3).eval()
+    sd = model.state_dict()
+    files = {
+        "lightning.pt": ({"state_dict": {"model." + k: v for k, v in sd.items()}, "epoch": 3}, "under 'model.'"),
+        "compiled.pt": ({"_orig_mod." + k: v for k, v in sd.items()}, "under '_orig_mod.'"),
+        "old.pt": ({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, None),
+    }
+    for name, (obj, note) in files.items():
+        torch.save(obj, tmp_path / name)
+        loaded = load_model(tmp_path / name)
+        assert loaded.spec.arch == "resnet18", name
+        assert _same_outputs(model, loaded.model, (3, 64, 64)), name
+        assert (note is None and not loaded.notes) or any(note in n for n in loaded.notes), (name, loaded.notes)
+
+
+def test_fine_tuned_head_in_a_sequential_is_matched_in_order(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10, 3)
+    model.fc = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(512, 10))
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "ft.pt")
+    loaded = load_model(tmp_path / "ft.pt")
+    assert loaded.spec.arch == "resnet18" and "fc.1.weight -> fc.weight" in loaded.notes[0]
+    assert _same_outputs(model, loaded.model, (3, 64, 64))
+
+
+def test_state_dict_renamed_throughout_is_not_matched_in_order(tmp_path):
+    # A state_dict has no forward to check a by-position fit against: with every name different the
+    # tensors could belong to another network, so it is refused (TorchScript files are checked instead).
+    sd = {f"layer{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(create_model("lenet5", 10, 1).state_dict().items())}
+    torch.save(sd, tmp_path / "renamed.pt")
+    with pytest.raises(ModelError, match="fits no registered architecture"):
+        load_model(tmp_path / "renamed.pt")
+
+
+def test_onnx_teacher_is_refused_with_what_to_pass(tmp_path):
+    torch.onnx.export(create_model("lenet5", 10, 1).eval(), torch.randn(1, 1, 32, 32), str(tmp_path / "t.onnx"),
+                      dynamo=False)
+    with pytest.raises(InputFileError, match="is an ONNX model: .*PyTorch weights"):
+        load_model(tmp_path / "t.onnx")
+
+
+class _Normalised(torch.nn.Module):
+    """A scripted wrapper that normalises inside, with `s` for self (only a convention)."""
+
+    def __init__(s):
+        super().__init__()
+        s.net = create_model("lenet5", 10, 1)
+        s.register_buffer("mean", torch.full((1, 1, 1, 1), 0.5))
+
+    def forward(s, image: torch.Tensor) -> torch.Tensor:
+        return s.net(image - s.mean)
+
+
+def test_torchscript_forward_argument_names_do_not_matter(tmp_path):
+    torch.manual_seed(0)
+    model = _Normalised().eval()
+    torch.jit.script(model).save(str(tmp_path / "norm.pt"))
+    loaded = load_model(tmp_path / "norm.pt", spec_overrides={"input_size": (32, 32)})
+    assert loaded.spec.arch == "_Normalised" and loaded.spec.num_classes == 10
+    assert "kept as TorchScript" in loaded.notes[0]
+    assert _same_outputs(model, loaded.model, (1, 32, 32))

@@ -85,6 +85,7 @@ def inspect_cmd(
         "parameters": count_parameters(loaded.model), "macs": count_macs(loaded.model, spec.input_shape),
         "provenance": loaded.provenance,
         "data_colour": grey_setting(loaded)[1] or None,  # what distill's generator will make, and why
+        "notes": loaded.notes,  # what loading decided: keys renamed, a prefix dropped, a TorchScript rebuilt
     }
     if as_json:
         print(json.dumps(info, indent=2))
@@ -98,6 +99,8 @@ def inspect_cmd(
     table.add_row("MACs", f"{info['macs']:,}")
     if info["data_colour"]:
         table.add_row("data colour", info["data_colour"])
+    for note in info["notes"]:
+        table.add_row("loading", note)
     table.add_row("sha256", info["sha256"][:16] + "...")
     for k, v in (info["provenance"] or {}).items():
         table.add_row(f"provenance.{k}", str(v)[:80])

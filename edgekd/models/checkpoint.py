@@ -61,6 +61,16 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
+def _is_onnx(path: Path) -> bool:
+    """Whether the file parses as an ONNX model with a graph (only asked once torch.load has failed)."""
+    try:
+        import onnx
+
+        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # not ONNX, or onnx not installed (device installs do not distill)
+        return False
+
+
 def _read_object(path: Path, trust_pickle: bool) -> Tuple[str, Any]:
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
@@ -77,16 +87,21 @@ def _read_object(path: Path, trust_pickle: bool) -> Tuple[str, Any]:
         raise InputFileError(f"{path} is truncated or corrupt ({str(e).splitlines()[0][:80]})") from None
     try:
         return "weights", torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
-            raise InputFileError(f"{path} is not a PyTorch checkpoint (or is corrupt)") from None
-        if not trust_pickle:
-            raise InputFileError(
-                f"{path} holds pickled Python objects (a whole nn.Module?) and unpickling runs code: "
-                "pass --trust-pickle only if you trust its source, or save a state_dict instead") from None
     except Exception as e:  # the unpickler raises KeyError, EOFError, RuntimeError... on junk
-        first = (str(e).splitlines() or [type(e).__name__])[0][:80]
-        raise InputFileError(f"{path} is truncated or not a PyTorch checkpoint ({first})") from None
+        error = e
+    if _is_onnx(path):
+        raise InputFileError(
+            f"{path} is an ONNX model: distillation needs the teacher's gradients, which ONNX files do not "
+            "give; pass the PyTorch weights it was exported from (state_dict, TorchScript or checkpoint)")
+    if not isinstance(error, pickle.UnpicklingError):
+        first = (str(error).splitlines() or [type(error).__name__])[0][:80]
+        raise InputFileError(f"{path} is truncated or not a PyTorch checkpoint ({first})")
+    if "weights only" not in str(error).lower() and "weights_only" not in str(error).lower():
+        raise InputFileError(f"{path} is not a PyTorch checkpoint (or is corrupt)")
+    if not trust_pickle:
+        raise InputFileError(
+            f"{path} holds pickled Python objects (a whole nn.Module?) and unpickling runs code: "
+            "pass --trust-pickle only if you trust its source, or save a state_dict instead")
     try:
         return "pickle", torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # arbitrary unpickling can fail in arbitrary ways
@@ -101,9 +116,6 @@ def _unwrap_state_dict(obj: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise InputFileError("the file holds a dict without tensors: not a state_dict or edgekd checkpoint")
-    # nn.DataParallel / DDP prefix their keys with "module.".
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
 
 
@@ -116,24 +128,57 @@ def infer_classes_channels(sd: Dict[str, torch.Tensor]) -> Tuple[int, int]:
     return int(mats[-1].shape[0]), int(convs[0].shape[1])
 
 
-def _shape_mismatch(arch: str, sd: Dict[str, torch.Tensor], classes: int, channels: int) -> Optional[str]:
-    """None if `sd` fits `arch` exactly, else a short reason."""
-    try:  # meta tensors: shapes without memory or init time
+def _reference(arch: str, classes: int, channels: int) -> Dict[str, torch.Tensor]:
+    """The architecture's state_dict as shapes: meta tensors, no memory or init time."""
+    try:
         with torch.device("meta"):
-            ref = create_model(arch, classes, channels).state_dict()
+            return create_model(arch, classes, channels).state_dict()
     except NotImplementedError:  # a few torchvision inits (RegNet) copy data and need real tensors
-        ref = create_model(arch, classes, channels).state_dict()
-    missing = [k for k in ref if k not in sd]
+        return create_model(arch, classes, channels).state_dict()
+
+
+def _is_counter(key: str) -> bool:
+    # BatchNorm's num_batches_tracked: absent from checkpoints older than PyTorch 0.4.1 and from many
+    # ported ones, and unused in eval mode.
+    return key.endswith("num_batches_tracked")
+
+
+def _shape_mismatch(arch: str, sd: Dict[str, torch.Tensor], classes: int, channels: int) -> Optional[str]:
+    """None if `sd` fits `arch` exactly (BatchNorm counters may be missing), else a short reason."""
+    ref = _reference(arch, classes, channels)
+    missing = [k for k in ref if k not in sd and not _is_counter(k)]
     extra = [k for k in sd if k not in ref]
     if missing or extra:
         return f"missing key {missing[0]}" if missing else f"unexpected key {extra[0]}"
     for k, v in ref.items():
-        if tuple(v.shape) != tuple(sd[k].shape):
+        if k in sd and tuple(v.shape) != tuple(sd[k].shape):
             return f"{k} has shape {tuple(sd[k].shape)}, {arch} needs {tuple(v.shape)}"
     return None
 
 
+def _with_counters(sd: Dict[str, torch.Tensor], arch: str, classes: int, channels: int) -> Dict[str, torch.Tensor]:
+    """`sd` with the BatchNorm counters it lacks set to 0, so load_state_dict can stay strict."""
+    ref = _reference(arch, classes, channels)
+    return {k: sd[k] if k in sd else torch.zeros((), dtype=torch.long) for k in ref}
+
+
+def _prefixes_stripped(sd: Dict[str, torch.Tensor]) -> List[Tuple[str, Dict[str, torch.Tensor]]]:
+    """`sd` under each common key prefix removed in turn: "module." (DataParallel/DDP), "_orig_mod."
+    (torch.compile), "model." (Lightning modules and most training wrappers), and any other."""
+    out = []
+    prefix = ""
+    while True:
+        heads = {k.split(".", 1)[0] for k in sd}
+        if len(heads) != 1 or not all("." in k for k in sd):
+            return out
+        head = heads.pop() + "."
+        prefix += head
+        sd = {k[len(head):]: v for k, v in sd.items()}
+        out.append((prefix, sd))
+
+
 def infer_arch(sd: Dict[str, torch.Tensor], arch: Optional[str] = None) -> Tuple[str, int, int]:
+    """The registered architecture whose state_dict has exactly `sd`'s names and shapes."""
     classes, channels = infer_classes_channels(sd)
     if arch is not None:
         name = get_entry(arch).name
@@ -148,19 +193,62 @@ def infer_arch(sd: Dict[str, torch.Tensor], arch: Optional[str] = None) -> Tuple
                      "or save the model as TorchScript (torch.jit.script(model).save(path))")
 
 
-def _by_position(sd: Dict[str, torch.Tensor], classes: int, channels: int) -> Optional[Tuple[str, Dict[str, torch.Tensor]]]:
+def _by_position(sd: Dict[str, torch.Tensor], classes: int, channels: int,
+                 arches: Optional[List[str]] = None) -> Optional[Tuple[str, Dict[str, torch.Tensor]]]:
     """A registered architecture whose state_dict has the same tensors in the same order (names may
-    differ, as in DAFL's LeNet-5: conv1..fc2), with `sd` renamed to its keys; None if none fits."""
-    shapes = [tuple(v.shape) for v in sd.values()]
-    for name in list_models():
+    differ, as in DAFL's LeNet-5: conv1..fc2), with `sd` renamed to its keys; None if none fits.
+    BatchNorm counters are left out of the comparison and filled in."""
+    shapes = [tuple(v.shape) for k, v in sd.items() if not _is_counter(k)]
+    for name in arches or list_models():
         try:
-            with torch.device("meta"):
-                ref = create_model(name, classes, channels).state_dict()
+            ref = _reference(name, classes, channels)
         except (NotImplementedError, RuntimeError, ValueError):
             continue
-        if [tuple(v.shape) for v in ref.values()] == shapes:
-            return name, dict(zip(ref, sd.values()))
+        keys = [k for k in ref if not _is_counter(k)]
+        if [tuple(ref[k].shape) for k in keys] == shapes:
+            renamed = dict(zip(keys, (v for k, v in sd.items() if not _is_counter(k))))
+            return name, _with_counters(renamed, name, classes, channels)
     return None
+
+
+def _renamed_few(sd: Dict[str, torch.Tensor], weights: Dict[str, torch.Tensor]) -> Optional[List[str]]:
+    """The keys of `sd` that a by-position fit renamed, if they are few (<= 10%, at most 8) and each keeps
+    its last part (weight, bias, running_mean...): a head replaced by nn.Sequential(Dropout, Linear)
+    when fine-tuning (fc.1.weight for fc.weight). None when more differ: without a reference forward to
+    compare with (a state_dict has none), tensors of equal shapes could belong to another network."""
+    old = [k for k in sd if not _is_counter(k)]
+    new = [k for k in weights if not _is_counter(k)]
+    renamed = [(a, b) for a, b in zip(old, new) if a != b]
+    if len(renamed) > min(8, len(old) // 10) or any(a.rsplit(".", 1)[-1] != b.rsplit(".", 1)[-1] for a, b in renamed):
+        return None
+    return [f"{a} -> {b}" for a, b in renamed]
+
+
+def fit_state_dict(sd: Dict[str, torch.Tensor], arch: Optional[str] = None
+                   ) -> Tuple[str, int, int, Dict[str, torch.Tensor], List[str]]:
+    """(architecture, classes, channels, weights under its keys, notes) for a state_dict as users save
+    them: exact names first, then with a common prefix removed, then in order with a few keys renamed."""
+    classes, channels = infer_classes_channels(sd)
+    tries = [("", sd)] + _prefixes_stripped(sd)
+    first_error: Optional[ModelError] = None
+    for prefix, cand in tries:
+        try:
+            name, classes, channels = infer_arch(cand, arch)
+        except ModelError as e:
+            first_error = first_error or e
+            continue
+        notes = [f"state_dict keys under {prefix!r} read without it"] if prefix and prefix != "module." else []
+        return name, classes, channels, _with_counters(cand, name, classes, channels), notes
+    for prefix, cand in tries:
+        found = _by_position(cand, classes, channels, [get_entry(arch).name] if arch else None)
+        renamed = _renamed_few(cand, found[1]) if found else None
+        if found and renamed is not None:
+            note = (f"state_dict fits {found[0]} in order with {len(renamed)} key(s) renamed "
+                    f"({', '.join(renamed[:3])}{', ...' if len(renamed) > 3 else ''})")
+            notes = ([f"state_dict keys under {prefix!r} read without it"] if prefix and prefix != "module." else [])
+            return found[0], classes, channels, found[1], notes + [note]
+    assert first_error is not None
+    raise first_error
 
 
 def _rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Optional[nn.Module], str, str]:
@@ -170,7 +258,7 @@ def _rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tupl
     sd = dict(scripted.state_dict())
     try:
         name, classes, channels = infer_arch(sd)
-        weights = sd
+        weights = _with_counters(sd, name, classes, channels)
     except ModelError:  # no fit by name (or not a classifier's weights): try by position
         found = None
         try:
@@ -244,11 +332,10 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
         provenance = dict(obj.get("provenance") or {})
     elif kind == "weights" and isinstance(obj, dict):
         fmt = "state_dict"
-        sd = _unwrap_state_dict(obj)
-        name, classes, channels = infer_arch(sd, arch)
+        name, classes, channels, weights, notes = fit_state_dict(_unwrap_state_dict(obj), arch)
         entry = get_entry(name)
         model = create_model(name, classes, channels)
-        model.load_state_dict(sd)
+        model.load_state_dict(weights)
         spec = ModelSpec(name, classes, channels, entry.default_input_size,
                          _fit(entry.default_mean, channels), _fit(entry.default_std, channels))
     elif kind == "torchscript" and arch is None and (rebuilt := _rebuild_eager(obj, overrides.get("input_size")))[0]:
@@ -274,7 +361,8 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
                              f"({lines[-1][:100]}): give its --input-size") from None
         notes.extend(picked)
         classes = _probe_classes(model, channels, size)
-        spec = ModelSpec(arch or type(model).__name__, classes, channels, size,
+        # A ScriptModule's class is RecursiveScriptModule; original_name is the user's class.
+        spec = ModelSpec(arch or getattr(obj, "original_name", type(model).__name__), classes, channels, size,
                          _fit(IMAGENET_MEAN, channels), _fit(IMAGENET_STD, channels))
     else:
         raise InputFileError(f"{path} holds a {type(obj).__name__}, not a model, state_dict or edgekd checkpoint")

@@ -68,7 +68,8 @@ def _extra_arguments(model: nn.Module) -> List[str]:
     schema = getattr(getattr(model, "forward", None), "schema", None)
     if schema is None:
         return []
-    args = [a for a in schema.arguments if a.name != "self"][1:]
+    # The first argument is the module itself, whatever its name (`self` by convention only).
+    args = list(schema.arguments)[2:]
     required = [a.name for a in args if not a.has_default_value()]
     if required:
         raise ModelError(f"the model's forward needs {', '.join(required)} besides the image, with no default: "
