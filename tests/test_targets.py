@@ -43,6 +43,10 @@ def test_bad_target_file(tmp_path):
     with pytest.raises(UsageError, match="unknown key 'threadz'"):
         load_target_file(f)
     f.write_text('name = "x"\ndescription = "d"\nruntime = "onnxruntime"\nopset = 13\nprecisions = ["fp32"]\n'
+                 'default_precision = "fp32"\ndynamic_batch = false\n')
+    with pytest.raises(UsageError, match="dynamic_batch is gone: .*remove the line"):
+        load_target_file(f)
+    f.write_text('name = "x"\ndescription = "d"\nruntime = "onnxruntime"\nopset = 13\nprecisions = ["fp32"]\n'
                  'default_precision = "fp32"\nort_optimized = "riscv"\n')
     with pytest.raises(UsageError, match="ort_optimized must be .* x86, arm"):
         load_target_file(f)
