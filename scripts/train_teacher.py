@@ -60,6 +60,8 @@ def main() -> None:
     except UsageError as e:
         ap.error(str(e))
 
+    if args.arch in LAYOUTS and args.format != "torchscript":
+        ap.error(f"--arch {args.arch} is not a registered architecture: only --format torchscript keeps it")
     torch.manual_seed(args.seed)
     train = load_dataset(args.data)
     if args.test:
@@ -79,7 +81,8 @@ def main() -> None:
     x_train, x_test = prepare_images(train.images, spec), prepare_images(test.images, spec)
     y_train, y_test = train.labels, test.labels
 
-    model = create_model(args.arch, spec.num_classes, channels)
+    model = (LAYOUTS[args.arch](channels, spec.num_classes) if args.arch in LAYOUTS
+             else create_model(args.arch, spec.num_classes, channels))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps = args.epochs * ((len(x_train) + args.batch_size - 1) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps)
@@ -89,6 +92,7 @@ def main() -> None:
         perm = torch.randperm(len(x_train)).numpy()
         for i in range(0, len(perm), args.batch_size):
             b = perm[i:i + args.batch_size]
+            # cross_entropy of log-probabilities equals nll_loss: the same for both kinds of output
             loss = F.cross_entropy(model(torch.from_numpy(x_train[b])), torch.from_numpy(y_train[b]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -110,6 +114,27 @@ def main() -> None:
     else:
         torch.jit.script(DaflLeNet5.from_lenet5(model)).save(args.out)
     print(json.dumps(info))
+
+
+class ExamplesMnistNet(torch.nn.Module):
+    """pytorch/examples mnist/main.py's Net, a teacher many users start from: no BatchNorm, dropout,
+    a 28x28 input (its 9216-wide fc1 fixes the size) and log-probabilities out (log_softmax), not logits.
+    No registered architecture has its weights, so edgekd runs it as TorchScript, without hooks."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(in_channels, 32, 3, 1), torch.nn.Conv2d(32, 64, 3, 1)
+        self.dropout1, self.dropout2 = torch.nn.Dropout(0.25), torch.nn.Dropout(0.5)
+        self.fc1, self.fc2 = torch.nn.Linear(9216, 128), torch.nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(self.dropout1(x), 1))))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+# Layouts of other code bases, trained here as their users would (not registered architectures).
+LAYOUTS = {"examples-mnist-net": ExamplesMnistNet}
 
 
 class DaflLeNet5(torch.nn.Module):

@@ -272,3 +272,25 @@ def test_torchscript_forward_argument_names_do_not_matter(tmp_path):
     assert loaded.spec.arch == "_Normalised" and loaded.spec.num_classes == 10
     assert "kept as TorchScript" in loaded.notes[0]
     assert _same_outputs(model, loaded.model, (1, 32, 32))
+
+
+class _Fixed28(torch.nn.Module):
+    """pytorch/examples' MNIST Net in small: an fc layer fixes the input at 28x28, log-probabilities out."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4 * 13 * 13, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return torch.log_softmax(self.fc(torch.flatten(x, 1)), dim=1)
+
+
+def test_torchscript_input_size_found_when_the_file_does_not_say(tmp_path):
+    torch.jit.script(_Fixed28().eval()).save(str(tmp_path / "net.pt"))
+    loaded = load_model(tmp_path / "net.pt")
+    assert loaded.spec.input_size == (28, 28) and loaded.spec.arch == "_Fixed28"
+    assert any("does on 28x28: taken as its input size" in n for n in loaded.notes)
+    with pytest.raises(ModelError, match="does not run on a 1x32x32 input .*--input-size"):
+        load_model(tmp_path / "net.pt", spec_overrides={"input_size": (32, 32)})

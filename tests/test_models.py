@@ -46,3 +46,14 @@ def test_parameter_and_mac_counts_match_hand_computation():
     assert count_parameters(model) == 156 + 2416 + 48120 + 10164 + 850
     macs = 6 * 25 * 28 * 28 + 16 * 6 * 25 * 10 * 10 + 120 * 16 * 25 + 120 * 84 + 84 * 10
     assert count_macs(model, (1, 32, 32)) == macs
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-half"])
+def test_lenets_take_28px_inputs_padded_to_32(name):
+    # A 28x28 MNIST teacher's student: the input is centred in a 32x32 field, as LeCun's LeNet-5 read it.
+    torch.manual_seed(0)
+    model = create_model(name, 10, 1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(torch.nn.functional.pad(x, [2, 2, 2, 2])))
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
 import numpy as np
@@ -52,13 +54,20 @@ def _made_images(d: Distiller) -> tuple:
     return synth, held
 
 
+def _jit_save(model: torch.jit.ScriptModule, path: Path, run_id: str) -> None:
+    """torch.jit.save, atomically, with the run id; its deprecation warning is for the user's own code,
+    not something a distill run should print (TorchScript teachers are what users have)."""
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(model, str(tmp), _extra_files={"edgekd_run_id": run_id})
+
+
 def _save_teacher(d: Distiller) -> None:
     """A copy of the teacher in the run directory, so export can bundle it without the original path."""
     t = d.teacher_info
     model = t.model.float().to(memory_format=torch.contiguous_format).cpu()
     if isinstance(model, torch.jit.ScriptModule):
-        with atomic_path(d.rundir / RunDir.TEACHER) as tmp:
-            torch.jit.save(model, str(tmp), _extra_files={"edgekd_run_id": d.run_id or ""})
+        _jit_save(model, d.rundir / RunDir.TEACHER, d.run_id or "")
     elif t.format in ("edgekd", "state_dict", "torchscript"):  # torchscript here: rebuilt as a registered arch
         save_checkpoint(d.rundir / RunDir.TEACHER, model, t.spec,
                         {"source": str(t.path), "sha256": t.sha256, "run_id": d.run_id})
@@ -68,8 +77,7 @@ def _save_teacher(d: Distiller) -> None:
         except Exception:
             d.notes.append("teacher could not be scripted; export will need the original file")
             return
-        with atomic_path(d.rundir / RunDir.TEACHER) as tmp:
-            torch.jit.save(scripted, str(tmp), _extra_files={"edgekd_run_id": d.run_id or ""})
+        _jit_save(scripted, d.rundir / RunDir.TEACHER, d.run_id or "")
     d.m.teacher.to(d.plan.device)
 
 

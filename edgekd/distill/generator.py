@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgekd.distill.grey import grey_to_channels
+
 
 class Generator(nn.Module):
     """DAFL's generator, generalised to any (C, H, W).
@@ -87,7 +89,7 @@ class Generator(nn.Module):
             return (torch.sigmoid(self.out_bn(self.head(x))) - self.mean) / self.std
         out = self.out_bn(torch.tanh(self.head(x)))  # bn: whitened; affine: then a learnt scale and shift
         if self.grey:  # channel 0's normalised grey, re-normalised for every channel
-            out = (out * self.std[:, :1] + self.mean[:, :1] - self.mean) / self.std
+            out = grey_to_channels(out, self.mean, self.std, self.mean[:, :1], self.std[:, :1])
         return out
 
     def describe(self) -> Dict[str, Any]:

@@ -151,3 +151,11 @@ def grey_setting(teacher: LoadedModel) -> Tuple[bool, str]:
     ev = grey_evidence(teacher.model, spec.input_shape, spec.mean, spec.std)
     word = {True: "grey", False: "colour", None: "cannot tell"}[ev.grey]
     return bool(ev.grey), f"{word}: {ev.reason}"
+
+
+def grey_to_channels(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                     ref_mean: torch.Tensor, ref_std: torch.Tensor) -> torch.Tensor:
+    """One grey channel `x`, normalised by (ref_mean, ref_std), written into every input channel in that
+    channel's own normalisation (mean, std of shape (1, C, 1, 1)): the same raw grey in all of them,
+    as grey data copied to an RGB teacher's channels was."""
+    return (x * ref_std + ref_mean - mean) / std

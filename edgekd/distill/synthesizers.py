@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from edgekd.distill import losses as L
 from edgekd.distill.augment import random_flip, random_shift
 from edgekd.distill.generator import reset_weights
+from edgekd.distill.grey import grey_to_channels
 
 if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
@@ -82,9 +83,7 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
         terms["bn"] = L.BN_LOSSES[cfg.bn_loss](d.bn_hook.pop(), cfg.bn_first)
     if cfg.w_adv:
         terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
-    weights = {"oh": cfg.w_oh, "act": cfg.w_act, "div": cfg.w_div, "bal": cfg.w_bal, "bn": cfg.w_bn, "adv": cfg.w_adv,
-               "tv": cfg.w_tv}
-    loss = sum(weights[k] * v for k, v in terms.items())
+    loss = weighted_sum(cfg, terms)
     m.opt_g.zero_grad(set_to_none=True)
     if torch.is_tensor(loss) and loss.requires_grad:
         d.scalers["g"].scale(loss).backward()
@@ -103,6 +102,11 @@ def generator_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     for _ in range(d.cfg.g_steps):
         terms.update(generator_step(d))
     return terms
+
+
+def weighted_sum(cfg: Any, terms: Dict[str, torch.Tensor]) -> Any:
+    """The image-side loss: each term times its weight, cfg.w_<term> (0 when the term is absent)."""
+    return sum(getattr(cfg, f"w_{key}") * v for key, v in terms.items())
 
 
 def targeted_terms(d: Distiller, x: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -144,8 +148,7 @@ def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         with d.plans["teacher"].autocast():
             x = random_flip(random_shift(fast(z, labels)))
         t_logits, terms = targeted_terms(d, x, targets)
-        weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv}
-        loss = sum(weights[key] * v for key, v in terms.items())
+        loss = weighted_sum(cfg, terms)
         if float(loss.detach()) < best_loss or best is None:  # the reference keeps the batch of lowest loss
             best_loss, best = float(loss.detach()), (x.detach(), t_logits.detach())
         inner.zero_grad(set_to_none=True)
@@ -187,7 +190,7 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
         x = torch.randn(n, 1, h, w, device=dev).requires_grad_(True)
 
         def image() -> torch.Tensor:
-            return (x * s0 + m0 - mean) / std
+            return grey_to_channels(x, mean, std, m0, s0)
         lo, hi = (0.0 - m0) / s0, (1.0 - m0) / s0
     else:
         x = torch.randn(n, c, h, w, device=dev).requires_grad_(True)
@@ -199,7 +202,6 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     lr = m.opt_g.param_groups[0]["lr"]  # the run's schedule, set for this iteration
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.99))
     best_loss, best = float("inf"), image().detach().clone()
-    weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv, "tv": cfg.w_tv, "l2": cfg.w_l2}
     start = time.perf_counter()
     for i in range(cfg.g_steps):
         # A batch of the paper's 2000 steps outlasts a CPU budget: the run's clock ends it early.
@@ -213,7 +215,7 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
             terms["tv"] = L.TV_LOSSES[cfg.tv_loss](xa)
         if cfg.w_l2:
             terms["l2"] = torch.norm(xa.float())
-        loss = sum(weights[key] * v for key, v in terms.items())
+        loss = weighted_sum(cfg, terms)
         if float(loss.detach()) < best_loss:
             best_loss, best = float(loss.detach()), image().detach().clone()
         opt.zero_grad(set_to_none=True)
@@ -280,14 +282,13 @@ def nayer_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     bias = torch.zeros(runs, 1, cfg.latent_dim, device=dev).requires_grad_(True)
     lr = cfg.lr_g * d.lr_scale  # constant, as the reference: a re-initialised G late in a run must still learn
     opt = torch.optim.Adam([{"params": m.generator.parameters()}, {"params": [weight, bias]}], lr=lr, betas=(0.5, 0.999))
-    weights = {"oh": cfg.w_oh, "bn": cfg.w_bn, "adv": cfg.w_adv}
     best_loss, best = float("inf"), None
     for _ in range(cfg.g_steps):
         z = torch.baddbmm(bias, codes, weight).reshape(runs * k, -1)[:n]
         with d.plans["teacher"].autocast():
             x = m.generator(z)
         _, terms = targeted_terms(d, random_flip(random_shift(x)), targets)
-        loss = sum(weights[key] * v for key, v in terms.items())
+        loss = weighted_sum(cfg, terms)
         if best is None or float(loss.detach()) < best_loss:  # the reference keeps the batch of lowest loss
             best_loss, best = float(loss.detach()), x.detach().float()
         opt.zero_grad(set_to_none=True)

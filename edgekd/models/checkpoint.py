@@ -296,6 +296,33 @@ def _first_conv_channels(model: nn.Module) -> int:
     raise ModelError("model has no convolution: not an image classifier")
 
 
+# Input sizes tried, in order, when a module the file does not describe fails at 224x224 (an fc layer
+# fixes the size: pytorch/examples' MNIST Net runs at 28x28 only).
+_PROBE_SIZES = (32, 28, 64, 96, 112, 128, 160, 192, 256, 299, 384)
+
+
+def _runnable(obj: nn.Module, channels: int, size: Optional[Tuple[int, int]],
+              path: Path) -> Tuple[nn.Module, List[str], Tuple[int, int]]:
+    """(the module as a classifier, notes, its input size): the given size, or 224x224, or the first of
+    _PROBE_SIZES it runs on, said in the notes."""
+    sizes = [tuple(size)] if size else [(224, 224)] + [(s, s) for s in _PROBE_SIZES]
+    first = ""
+    for hw in sizes:
+        try:
+            model, picked = as_classifier(obj, torch.zeros(1, channels, *hw))
+        except RuntimeError as e:
+            # TorchScript's message starts with "The following operation failed..." and ends with the cause.
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            first = first or lines[-1][:100]
+            continue
+        if hw != sizes[0]:
+            picked = picked + [f"the model does not run on 224x224 but does on {hw[0]}x{hw[1]}: taken as its "
+                               "input size (--input-size says otherwise)"]
+        return model, picked, hw
+    tried = f"a {channels}x{size[0]}x{size[1]} input" if size else f"{channels}-channel inputs of 224 or {', '.join(map(str, _PROBE_SIZES))} px"
+    raise ModelError(f"{path} does not run on {tried} ({first}): give its --input-size")
+
+
 def _probe_classes(model: nn.Module, channels: int, size: Tuple[int, int]) -> int:
     with torch.no_grad():
         out = model(torch.zeros(1, channels, *size))
@@ -351,14 +378,7 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
         if kind == "torchscript" and arch is None:
             notes.append(rebuilt[2])
         channels = _first_conv_channels(obj)
-        size = overrides.get("input_size") or (224, 224)
-        try:
-            model, picked = as_classifier(obj, torch.zeros(1, channels, *size))
-        except RuntimeError as e:
-            # TorchScript's message starts with "The following operation failed..." and ends with the cause.
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-            raise ModelError(f"{path} does not run on a {channels}x{size[0]}x{size[1]} input "
-                             f"({lines[-1][:100]}): give its --input-size") from None
+        model, picked, size = _runnable(obj, channels, overrides.get("input_size"), path)
         notes.extend(picked)
         classes = _probe_classes(model, channels, size)
         # A ScriptModule's class is RecursiveScriptModule; original_name is the user's class.

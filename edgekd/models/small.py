@@ -18,7 +18,9 @@ _HALF = (0.5,)
 
 
 class LeNet5(nn.Module):
-    """DAFL's LeNet-5 (width=1) and LeNet-5-half (width=0.5). Expects 32x32 inputs."""
+    """DAFL's LeNet-5 (width=1) and LeNet-5-half (width=0.5), made for 32x32 inputs. A smaller input
+    (a 28x28 MNIST teacher's) is zero-padded to 32x32 in the middle, as LeCun's LeNet-5 read 28x28
+    digits centred in a 32x32 field: without it the third 5x5 convolution has nothing to cover."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> None:
         super().__init__()
@@ -34,6 +36,9 @@ class LeNet5(nn.Module):
         self.fc = nn.Linear(f, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = max(0, 32 - x.shape[-2]), max(0, 32 - x.shape[-1])
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
         x = self.pool(self.features(x)).flatten(1)
         return self.fc(F.relu(self.fc1(x)))
 
