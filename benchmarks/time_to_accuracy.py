@@ -55,6 +55,11 @@ TEACHERS: Dict[str, Teacher] = {
         f"{TRAIN} --arch lenet5 --data mnist --holdout 1000 --mean 0.1307 --std 0.3081 --epochs 10 "
         "--format torchscript-dafl --save-holdout mnist_holdout.npz",
         {"mean": (0.1307,), "std": (0.3081,), "input_size": (32, 32)}),
+    # pytorch/examples' MNIST Net (TorchScript, unregistered: no hooks; 28x28 only; log_softmax out)
+    "fmnist-examples-net": Teacher(
+        "fmnist_examples_net.ts", "fashion-mnist", "lenet5-half",
+        f"{TRAIN} --arch examples-mnist-net --data fashion-mnist:train --test fashion-mnist --size 28 "
+        "--mean 0.286 --std 0.353 --epochs 2 --format torchscript", {"mean": (0.286,), "std": (0.353,)}),
     "mnist-wrn16-2": Teacher(
         "mnist_wrn16-2.pt", "/tmp/teachers/mnist_holdout.npz", "lenet5",
         f"{TRAIN} --arch wrn16-2 --data mnist --holdout 1000 --channels 3 --epochs 8 --format state_dict "

@@ -118,9 +118,15 @@ def test_jitter_rolls_the_batch_within_the_limit():
 
 
 def test_student_that_cannot_take_the_input_size_is_a_usage_error(tmp_path):
+    from edgekd.distill.loop import _check_student_takes
+
+    # Every registered student takes inputs down to 4x4 (LeNets pad to 32x32): a 16x16 teacher's runs.
     cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 1, "student": "lenet5"})
-    with pytest.raises(UsageError, match="student lenet5 cannot take the teacher's 3x16x16 input"):
-        distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
+    assert distill(_bn_teacher(tmp_path), cfg, tmp_path / "run").steps == 1
+    # A network too deep for the input fails before any step, in one line.
+    deep = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5), torch.nn.Conv2d(4, 4, 5))
+    with pytest.raises(UsageError, match="student deep cannot take the teacher's 3x6x6 input"):
+        _check_student_takes(deep, "deep", ModelSpec("t", 10, 3, (6, 6)))
 
 
 @pytest.mark.parametrize("key", ["gen_output", "bn_loss", "replay_policy"])
@@ -343,3 +349,10 @@ def test_total_variation_term_is_trained_and_logged(tmp_path):
     distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["tv"] > 0 and np.isfinite(last["loss_g"])
+
+
+def test_plans_are_timed_on_as_many_pixels_as_256_images_of_32px():
+    from edgekd.distill.probe import probe_batch
+
+    assert probe_batch(256, (32, 32)) == 256 and probe_batch(64, (28, 28)) == 64  # small images: the run's batch
+    assert probe_batch(112, (224, 224)) == 5 and probe_batch(256, (1024, 1024)) == 2

@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
 
 from edgekd.distill.augment import AUGMENTS
 from edgekd.distill.generator import OUTPUTS as GEN_OUTPUTS
@@ -44,6 +44,7 @@ class DistillConfig:
     g_jitter: float = 0.0  # > 0: G's batch rolled by up to this fraction of a side (DeepInversion); only with w_bn
     gen_grey: bool = False  # G makes one grey channel for every input channel (grey data on an RGB teacher)
     gen_init_mean: bool = False  # affine head: G's output shift starts at the data's mean per channel (grey.py)
+    batch_choice: str = ""  # why the batch is smaller than asked by default: the memory it needs (memory_fit.py)
     grey_choice: str = ""  # what the teacher's first BatchNorm said of gen_grey, when the user did not (grey.py)
     gen_labels: bool = False  # class-conditional G asked for balanced target classes (oh = CE to the label)
     g_out_lr_mult: float = 1.0  # G's output scale/shift (affine, pixel heads) learn at this multiple of lr_g
@@ -256,4 +257,24 @@ def resolve_config(method: str = DEFAULT_METHOD, file_values: Optional[Dict[str,
         values["gen_grey"], values["grey_choice"] = grey_setting(teacher)
     elif "gen_grey" in overrides:
         values["grey_choice"] = ""  # the user said
-    return DistillConfig(**values).validate()
+    cfg = DistillConfig(**values).validate()
+    if teacher is not None and "batch_size" not in file_values:  # a resumed run keeps its batch
+        cfg.batch_size, cfg.batch_choice = _batch_that_fits(cfg, teacher, explicit="batch_size" in overrides)
+    return cfg
+
+
+def _batch_that_fits(cfg: DistillConfig, teacher: LoadedModel, explicit: bool) -> Tuple[int, str]:
+    """cfg.batch_size, or less where the run's models would not fit in memory at it (memory_fit.py)."""
+    from edgekd.distill.generator import Generator
+    from edgekd.distill.memory_fit import batch_for
+    from edgekd.models.registry import create_model
+
+    spec = teacher.spec
+    student = create_model(cfg.student, spec.num_classes, spec.in_channels)
+    generator = Generator(cfg.latent_dim, spec.input_shape, cfg.gen_width, cfg.gen_output, spec.mean, spec.std,
+                          spec.num_classes if cfg.gen_labels else 0, cfg.gen_grey)
+    try:
+        return batch_for(teacher.model, student, generator, spec.input_shape, cfg.latent_dim, cfg.batch_size,
+                         cfg.device, explicit)
+    except RuntimeError:  # a student that cannot take the input: the run says so, in one line, when it starts
+        return cfg.batch_size, ""

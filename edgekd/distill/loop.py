@@ -38,7 +38,7 @@ from edgekd.distill.generator import Generator, reset_weights
 from edgekd.distill.grey import channel_means
 from edgekd.distill.hooks import BNStatsHook, ClassifierInputHook, FeatureMapHook, has_batchnorm
 from edgekd.distill.precision import DTYPES, ExecutionPlan, plan_execution
-from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key
+from edgekd.distill.probe import cached, candidates, fastest_plan, plan_key, probe_batch
 from edgekd.distill.replay import ReplayMemory
 from edgekd.distill.synthesizers import IMAGE_TERMS, SYNTHESIZERS
 from edgekd.errors import EdgekdError, TrainingError, UsageError
@@ -214,7 +214,8 @@ class Distiller:
         choices = candidates(self.plan, cfg.precision, cfg.channels_last)
         self.plans: Dict[str, ExecutionPlan] = {}
         for role, model, name in (("teacher", t, self.spec.arch), ("student", s, cfg.student)):
-            self.plans[role], note = fastest_plan(model, name, role, self.spec.input_shape, cfg.batch_size, choices)
+            self.plans[role], note = fastest_plan(model, name, role, self.spec.input_shape,
+                                                  probe_batch(cfg.batch_size, self.spec.input_size), choices)
             if note:
                 self.notes.append(note)
         self.plans["teacher"].module(t)
@@ -305,6 +306,8 @@ class Distiller:
             self.notes.append("no BN-statistics term: g_jitter (part of that prior) set to 0")
             cfg.g_jitter = 0.0
         spec = self.spec
+        if cfg.batch_choice:  # the default batch would not fit in memory (memory_fit.py)
+            self.notes.append(cfg.batch_choice)
         if cfg.grey_choice:  # what the teacher's first BatchNorm said (grey.py), the user silent
             self.notes.append(f"the generator makes {'grey' if cfg.gen_grey else 'colour'} images "
                               f"({'--no-grey' if cfg.gen_grey else '--grey'} to change); the teacher's data: {cfg.grey_choice}")

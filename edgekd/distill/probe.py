@@ -97,6 +97,14 @@ def cached(key: str, measure: Callable[[], Any], valid: Callable[[Any], bool]) -
     return value, False
 
 
+def probe_batch(batch: int, size: Tuple[int, int]) -> int:
+    """The batch plans are timed at: the run's, capped at the pixels of 256 images of 32x32. At 224x224
+    three timed steps per plan and side at the run's batch (112) took two minutes of a 10-minute budget
+    on a 2-core CPU; 5 images of 224x224 are as much work per convolution as the batches the plans
+    were compared at, and 32x32 runs time exactly what they did."""
+    return max(2, min(batch, 256 * 32 * 32 // (size[0] * size[1])))
+
+
 def fastest_plan(model: nn.Module, name: str, role: str, shape: Tuple[int, ...], batch: int,
                  plans: List[ExecutionPlan]) -> Tuple[ExecutionPlan, str]:
     """The quickest plan for `model` in `role`, and a note saying what was measured."""
