@@ -271,6 +271,8 @@ def test_torchscript_forward_argument_names_do_not_matter(tmp_path):
     loaded = load_model(tmp_path / "norm.pt", spec_overrides={"input_size": (32, 32)})
     assert loaded.spec.arch == "_Normalised" and loaded.spec.num_classes == 10
     assert "kept as TorchScript" in loaded.notes[0]
+    # The wrapper's code keeps it TorchScript; the note says the inner network would load eager.
+    assert "its submodule 'net' is a lenet5" in loaded.notes[0] and "BatchNorm" not in loaded.notes[0]
     assert _same_outputs(model, loaded.model, (1, 32, 32))
 
 

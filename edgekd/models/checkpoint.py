@@ -251,6 +251,24 @@ def fit_state_dict(sd: Dict[str, torch.Tensor], arch: Optional[str] = None
     raise first_error
 
 
+def _inner_network(scripted: nn.Module) -> str:
+    """Advice for a wrapper (normalisation, a second output...) around a registered network: the
+    wrapper's own code keeps the file TorchScript, without hooks, but the inner network's state_dict
+    would load as an eager module with its BatchNorm prior. "" when no submodule fits."""
+    for path, sub in scripted.named_modules():
+        if not path or not isinstance(sub, torch.jit.ScriptModule):
+            continue
+        try:
+            name = infer_arch(dict(sub.state_dict()))[0]
+        except ModelError:
+            continue
+        has_bn = any(k.endswith("running_mean") for k in sub.state_dict())
+        return (f" (its submodule {path!r} is a {name}, the rest of its forward the file's own code: "
+                f"`torch.save(model.{path}.state_dict(), f)` would load as {name}"
+                + (" with hooks, so the BatchNorm prior works" if has_bn else "") + ")")
+    return ""
+
+
 def _rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Optional[nn.Module], str, str]:
     """The eager module of a TorchScript file whose weights fit a registered architecture, kept only if
     its outputs equal the TorchScript ones on random inputs: eager modules take forward hooks, so the
@@ -267,7 +285,8 @@ def _rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tupl
         except ModelError:
             pass
         if found is None:
-            return None, "", "TorchScript teacher: its weights fit no registered architecture; kept as TorchScript"
+            return None, "", ("TorchScript teacher: its weights fit no registered architecture; kept as TorchScript"
+                              + _inner_network(scripted))
         name, weights = found
     eager = create_model(name, classes, channels)
     eager.load_state_dict(weights)
