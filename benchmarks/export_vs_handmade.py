@@ -53,8 +53,6 @@ def make_run(root: Path, student: str) -> Path:
 
 def hand_made(run: Path, out: Path) -> Dict[str, Path]:
     """What a user writes by hand: plain torch.onnx.export, then quantize_static with QDQ per-channel."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for role in ("teacher", "student"):
@@ -64,6 +62,14 @@ def hand_made(run: Path, out: Path) -> Dict[str, Path]:
                           output_names=["logits"], opset_version=17, dynamo=False,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     calib = np.load(run / "calib.npz")["x"][:128].astype(np.float32)
+    files["student int8"] = quantize(files["student fp32"], out / "student.int8.onnx", calib)
+    return files
+
+
+def quantize(src: Path, out: Path, calib: np.ndarray, **options: Any) -> Path:
+    """quantize_static as the hand-made file uses it (QDQ, per-channel, U8 activations, S8 weights, the
+    run's calibration images in batches of 16); `options` change any of those (int8_variants.py)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -72,10 +78,10 @@ def hand_made(run: Path, out: Path) -> Dict[str, Path]:
         def get_next(self) -> Any:
             return next(self.batches, None)
 
-    files["student int8"] = out / "student.int8.onnx"
-    quantize_static(str(files["student fp32"]), str(files["student int8"]), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return files
+    settings = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    quantize_static(str(src), str(out), Reader(), **{**settings, **options})
+    return out
 
 
 def main() -> None:

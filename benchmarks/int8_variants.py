@@ -26,24 +26,9 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from export_vs_handmade import hand_made, make_run  # noqa: E402  (the same run and hand-made file)
+from export_vs_handmade import hand_made, make_run, quantize  # noqa: E402  (the same run, hand-made file, quantizer)
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _quantize(src: Path, out: Path, calib: np.ndarray, **kw: Any) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": calib[i:i + 16]} for i in range(0, len(calib), 16)])
-
-        def get_next(self) -> Any:
-            return next(self.batches, None)
-
-    args = dict(per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    quantize_static(str(src), str(out), Reader(), **{**args, **kw})
-    return out
 
 
 def _batch_one(src: Path, out: Path) -> Path:
@@ -56,24 +41,25 @@ def _batch_one(src: Path, out: Path) -> Path:
     return out
 
 
+def _grouped(node: Any) -> bool:
+    """A convolution node with groups (MobileNetV2's are depthwise)."""
+    return any(a.name == "group" and a.i > 1 for a in node.attribute)
+
+
 def variants(fp32: Path, int8: Path, root: Path, calib: np.ndarray) -> Dict[str, Path]:
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType
 
-    depthwise = [n.name for n in onnx.load(str(fp32)).graph.node
-                 if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    depthwise = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv" and _grouped(n)]
     return {
         "fp32": fp32,
         "hand-made int8 (QDQ U8S8 per-channel)": int8,
-        "QOperator": _quantize(fp32, root / "qop.onnx", calib, quant_format=QuantFormat.QOperator),
-        "7-bit weights (reduce_range)": _quantize(fp32, root / "rr.onnx", calib, quant_format=QuantFormat.QDQ,
-                                                  reduce_range=True),
-        "depthwise left in FP32": _quantize(fp32, root / "nodw.onnx", calib, quant_format=QuantFormat.QDQ,
-                                            nodes_to_exclude=depthwise),
-        "U8U8": _quantize(fp32, root / "u8u8.onnx", calib, quant_format=QuantFormat.QDQ,
-                          weight_type=QuantType.QUInt8),
-        "S8S8": _quantize(fp32, root / "s8s8.onnx", calib, quant_format=QuantFormat.QDQ,
-                          activation_type=QuantType.QInt8),
+        # each the hand-made settings (export_vs_handmade.quantize) with one changed
+        "QOperator": quantize(fp32, root / "qop.onnx", calib, quant_format=QuantFormat.QOperator),
+        "7-bit weights (reduce_range)": quantize(fp32, root / "rr.onnx", calib, reduce_range=True),
+        "depthwise left in FP32": quantize(fp32, root / "nodw.onnx", calib, nodes_to_exclude=depthwise),
+        "U8U8": quantize(fp32, root / "u8u8.onnx", calib, weight_type=QuantType.QUInt8),
+        "S8S8": quantize(fp32, root / "s8s8.onnx", calib, activation_type=QuantType.QInt8),
         "fixed batch 1": _batch_one(int8, root / "b1.onnx"),
     }
 
@@ -108,7 +94,7 @@ def conv_split(path: Path, threads: int, x: np.ndarray, runs: int = 200) -> Dict
         so.intra_op_num_threads, so.log_severity_level = threads, 3
         so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        kind = {n.name: "depthwise" if any(a.name == "group" and a.i > 1 for a in n.attribute) else "other"
+        kind = {n.name: "depthwise" if _grouped(n) else "other"
                 for n in onnx.load(so.optimized_model_filepath).graph.node if "Conv" in n.op_type}
         sess = _ort(path, threads, str(Path(tmp) / "prof"))
         for _ in range(runs):

@@ -34,6 +34,7 @@ from edgekd.distill.generator import reset_weights
 from edgekd.distill.grey import grey_to_channels
 
 if TYPE_CHECKING:
+    from edgekd.distill.config import DistillConfig
     from edgekd.distill.loop import Distiller
 
 
@@ -104,7 +105,7 @@ def generator_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     return terms
 
 
-def weighted_sum(cfg: Any, terms: Dict[str, torch.Tensor]) -> Any:
+def weighted_sum(cfg: DistillConfig, terms: Dict[str, torch.Tensor]) -> Any:
     """The image-side loss: each term times its weight, cfg.w_<term> (0 when the term is absent)."""
     return sum(getattr(cfg, f"w_{key}") * v for key, v in terms.items())
 

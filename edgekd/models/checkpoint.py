@@ -224,6 +224,11 @@ def _renamed_few(sd: Dict[str, torch.Tensor], weights: Dict[str, torch.Tensor]) 
     return [f"{a} -> {b}" for a, b in renamed]
 
 
+def _prefix_note(prefix: str) -> List[str]:
+    """What removing `prefix` is worth saying: DDP's "module." goes without a word, as it always has."""
+    return [f"state_dict keys under {prefix!r} read without it"] if prefix and prefix != "module." else []
+
+
 def fit_state_dict(sd: Dict[str, torch.Tensor], arch: Optional[str] = None
                    ) -> Tuple[str, int, int, Dict[str, torch.Tensor], List[str]]:
     """(architecture, classes, channels, weights under its keys, notes) for a state_dict as users save
@@ -237,16 +242,14 @@ def fit_state_dict(sd: Dict[str, torch.Tensor], arch: Optional[str] = None
         except ModelError as e:
             first_error = first_error or e
             continue
-        notes = [f"state_dict keys under {prefix!r} read without it"] if prefix and prefix != "module." else []
-        return name, classes, channels, _with_counters(cand, name, classes, channels), notes
+        return name, classes, channels, _with_counters(cand, name, classes, channels), _prefix_note(prefix)
     for prefix, cand in tries:
         found = _by_position(cand, classes, channels, [get_entry(arch).name] if arch else None)
         renamed = _renamed_few(cand, found[1]) if found else None
         if found and renamed is not None:
             note = (f"state_dict fits {found[0]} in order with {len(renamed)} key(s) renamed "
                     f"({', '.join(renamed[:3])}{', ...' if len(renamed) > 3 else ''})")
-            notes = ([f"state_dict keys under {prefix!r} read without it"] if prefix and prefix != "module." else [])
-            return found[0], classes, channels, found[1], notes + [note]
+            return found[0], classes, channels, found[1], _prefix_note(prefix) + [note]
     assert first_error is not None
     raise first_error
 
