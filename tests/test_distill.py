@@ -318,6 +318,37 @@ def test_student_steps_follow_their_measured_cost(tmp_path, demo):
     assert fixed.s_steps == 6 and not fixed.s_steps_chosen
 
 
+def test_batch_shrinks_until_the_wanted_generator_steps_fit_the_budget(tmp_path, demo):
+    """budget_g_steps: a run whose budget fits far fewer generator steps than wanted goes on at a smaller
+    batch (never under MIN_BATCH) after its timed iteration, keeps it across a resume, and says so."""
+    from edgekd.distill.loop import MIN_BATCH
+
+    cfg = dict(FAST, batch_size=128, iterations=3, time_budget=3600.0, budget_g_steps=10**6, calib_images=8)
+    d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
+    d.run()
+    assert d.batch == MIN_BATCH and d.cfg.batch_size == 128
+    assert d._last_batch[0].shape[0] == MIN_BATCH  # the generator's last batch had that many images
+    assert any(f"batch {MIN_BATCH} from here" in e for e in d.events)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["batch"] == MIN_BATCH
+    resumed = Distiller(load_model(demo), resolve_config("adversarial", overrides={**cfg, "iterations": 5}),
+                        tmp_path / "run")
+    resumed.run(resume=True)
+    assert resumed.batch == MIN_BATCH and resumed.step == 5
+    # Enough budget for the steps wanted: the batch stays.
+    roomy = Distiller(load_model(demo), resolve_config("adversarial", overrides={**cfg, "budget_g_steps": 1}),
+                      tmp_path / "roomy")
+    roomy.run()
+    assert roomy.batch == 128
+
+
+def test_a_batch_the_user_names_is_not_shrunk_for_the_budget():
+    assert resolve_config("auto", overrides={"time_budget": 600.0}).budget_g_steps == 400
+    assert resolve_config("auto", overrides={"time_budget": 600.0, "batch_size": 256}).budget_g_steps == 0
+    assert resolve_config("auto", file_values={"batch_size": 128, "time_budget": 600.0}).budget_g_steps == 0
+    resumed = {"batch_size": 256, "budget_g_steps": 400, "time_budget": 600.0}  # a run's config.json (--resume)
+    assert resolve_config("auto", file_values=resumed).budget_g_steps == 400
+
+
 def test_the_student_kept_is_the_best_on_earlier_generators_images(tmp_path, demo):
     """A student ruined in the last iteration is not the one saved: the kept one agrees more with the
     teacher on the pool of earlier generators' images, and the run says which step it came from."""

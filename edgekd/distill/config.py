@@ -78,6 +78,8 @@ class DistillConfig:
     g_steps: int = 1  # generator steps per iteration (meta: inner steps on one batch)
     s_steps: int = 1  # student steps per G step; with s_time_ratio > 0, the most it may be
     s_time_ratio: float = 0.0  # > 0: after two iterations, s_steps = this x (G step time / S step time), capped
+    budget_g_steps: int = 0  # > 0, with a time budget: the batch shrinks (to 64 at least) until this many G steps
+    # fit by the timed iteration's cost (evaluation comes on top: runs make 75-80% of it)
     g_warmup: float = 0.0  # this share of the run trains the synthesizer alone: no student steps, no memory
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
     lr_g: float = 1e-3
@@ -260,6 +262,9 @@ def resolve_config(method: str = DEFAULT_METHOD, file_values: Optional[Dict[str,
     cfg = DistillConfig(**values).validate()
     if teacher is not None and "batch_size" not in file_values:  # a resumed run keeps its batch
         cfg.batch_size, cfg.batch_choice = _batch_that_fits(cfg, teacher, explicit="batch_size" in overrides)
+    named = {**file_values, **overrides}
+    if "batch_size" in named and "budget_g_steps" not in named:
+        cfg.budget_g_steps = 0  # a batch the user named is the batch the run takes
     return cfg
 
 

@@ -49,6 +49,7 @@ from edgekd.progress import Progress
 from edgekd.rundir import RunDir
 from edgekd.spec import ModelSpec
 
+MIN_BATCH = 64  # the least budget_g_steps shrinks a batch to
 _OPTIMIZERS = {
     "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay),
     "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
@@ -255,6 +256,7 @@ class Distiller:
         # a CPU, 20 steps of a MobileNetV2 at batch 112 are 100 s each, before the run knows it wants 1-5.
         self.s_steps = min(cfg.s_steps, 2) if cfg.s_time_ratio > 0 else cfg.s_steps
         self.s_steps_chosen = False
+        self.batch = cfg.batch_size  # images per generator and student step; budget_g_steps may lower it
         self.step = 0
         self.elapsed = 0.0
         self.lr_scale = 1.0
@@ -386,7 +388,7 @@ class Distiller:
         for i in range(0 if warm else self.s_steps):
             terms.update(student.student_step(self, first=i == 0))
         if timing:
-            self._choose_s_steps(t1 - t0, (self._now(timing) - t1) / self.s_steps)
+            self._choose_schedule(t1 - t0, (self._now(timing) - t1) / self.s_steps)
         names = list(terms)
         # One sync per iteration; the mean over ranks, so every rank takes the same NaN/collapse decisions.
         values = self.world.mean(torch.stack([terms[n].float().cpu() for n in names])).tolist()
@@ -397,10 +399,10 @@ class Distiller:
             torch.cuda.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
         return time.perf_counter()
 
-    def _choose_s_steps(self, g_seconds: float, s_seconds: float) -> None:
+    def _choose_schedule(self, g_seconds: float, s_seconds: float) -> None:
         """Student steps per G step so the student's time is about s_time_ratio x the generator's,
-        between 1 and cfg.s_steps. Cached like the plans, so two runs on one machine (and a run and
-        its resumed self, which stores it) take the same schedule."""
+        between 1 and cfg.s_steps; then, with budget_g_steps, the batch. Cached like the plans, so two
+        runs on one machine (and a run and its resumed self, which stores both) take the same schedule."""
         cfg = self.cfg
         key = "s_steps|" + "|".join([plan_key(r, n, self.spec.input_shape, cfg.batch_size, [self.plans[r]])
                                      for r, n in (("teacher", self.spec.arch), ("student", cfg.student))]
@@ -413,6 +415,36 @@ class Distiller:
                     + ("(cached for this setting)" if hit else
                        f"(G step {g_seconds:.3f}s, S step {s_seconds:.3f}s, S time up to {cfg.s_time_ratio:g}x G's, "
                        f"at most {cfg.s_steps})"))
+        self._choose_batch(key, g_seconds + self.s_steps * s_seconds)
+
+    def _choose_batch(self, key: str, iteration_seconds: float) -> None:
+        """With a time budget, a batch small enough that about budget_g_steps generator steps fit in it.
+        A generator that makes few steps never reaches the teacher's data: on a 2-core AVX2 CPU a ResNet-18
+        teacher made 71 steps of 256 images in 10 minutes (student 53.7%) and 305 steps of 64 (68.9%); a
+        ResNet-34 45.6% at 256, 64.8% at 64; photo10 47.7% at 256, 59.4% at 72 (benchmarks/TUNING.md round
+        18). Per-image cost is about flat in the batch, so the batch scales with the steps that fit, but no
+        lower than MIN_BATCH (32 lost 5 points to 64 on photo10, round 14). The timed iteration leaves out
+        evaluation and checkpoints: runs made 75-80% of the steps it foretold (hence 400 in the presets)."""
+        cfg = self.cfg
+        if not (cfg.budget_g_steps and cfg.time_budget) or self.batch <= MIN_BATCH:
+            return
+        left = max(cfg.time_budget - self.elapsed - iteration_seconds, 0.0)
+        fits = left / max(iteration_seconds, 1e-9)
+        key = f"batch|{key}|{cfg.batch_size}|{cfg.time_budget:g}|{cfg.budget_g_steps}"
+
+        def measure() -> int:
+            if fits >= cfg.budget_g_steps:
+                return cfg.batch_size
+            return max(MIN_BATCH, int(cfg.batch_size * fits / cfg.budget_g_steps) // 8 * 8)
+
+        batch, hit = cached(key, measure, lambda v: isinstance(v, int) and MIN_BATCH <= v <= cfg.batch_size)
+        self.batch = int(self.world.from_main(int(min(batch, cfg.batch_size))))
+        if self.batch < cfg.batch_size:
+            self._event(f"step {self.step + 1}: batch {self.batch} from here, so that about {cfg.budget_g_steps} "
+                        f"generator steps fit in the budget "
+                        + ("(cached for this setting)" if hit else
+                           f"({fits:.0f} iterations of {cfg.batch_size} would: {iteration_seconds:.2f}s each); "
+                           "--batch-size fixes it"))
 
     # ---------------------------------------------------------------- robustness
     def _take_snapshot(self) -> None:
@@ -479,7 +511,7 @@ class Distiller:
             "ema_updates": self.ema_updates,
             "teacher_sha256": self.teacher_info.sha256, "config": self.cfg.to_dict(),
             "plans": {role: [p.precision, p.channels_last] for role, p in self.plans.items()},
-            "s_steps": [self.s_steps, self.s_steps_chosen],
+            "s_steps": [self.s_steps, self.s_steps_chosen], "batch": self.batch,
             "pool": {"x": self.pool_x.cpu(), "t": self.pool_t.cpu(), "rng": self._pool_rng.get_state()},
             "best": None if self.best_model is None else {"step": self.best_step,
                                                           "state": self.best_model.state_dict()},
@@ -529,6 +561,7 @@ class Distiller:
         self.collapses = int(state.get("collapses", 0))
         self.s_steps, self.s_steps_chosen = state.get("s_steps", [self.cfg.s_steps, False])
         self.s_steps = int(self.s_steps)
+        self.batch = int(state.get("batch", self.cfg.batch_size))
         if "pool" in state:
             dev = self.plan.device
             self.pool_x, self.pool_t = state["pool"]["x"].to(dev), state["pool"]["t"].to(dev)
@@ -687,7 +720,7 @@ class Distiller:
             write_artifacts(self)
         summary = {"steps": self.step, "seconds": round(self.elapsed, 1), "interrupted": interrupted,
                    "final": latest, "teacher_accuracy": self.teacher_accuracy, "events": self.events,
-                   "run_id": self.run_id, "plan": self.plan_reason, "s_steps": self.s_steps, "method": cfg.method, "method_choice": cfg.method_choice,
+                   "run_id": self.run_id, "plan": self.plan_reason, "s_steps": self.s_steps, "batch": self.batch, "method": cfg.method, "method_choice": cfg.method_choice,
                    "notes": self.notes, "student": cfg.student,
                    "teacher": {"file": str(self.teacher_info.path), "sha256": self.teacher_info.sha256,
                                "format": self.teacher_info.format, "spec": self.spec.to_dict()}}

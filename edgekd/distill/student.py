@@ -27,17 +27,17 @@ def _student_batch(d: Distiller, first: bool) -> tuple:
     draws fresh samples, as DFAD/ZSKT do."""
     cfg, m = d.cfg, d.m
     if cfg.shared_batch and not first:
-        if len(d.memory) >= cfg.batch_size:
-            return replayed(d, cfg.batch_size)
+        if len(d.memory) >= d.batch:
+            return replayed(d, d.batch)
         return d._last_batch
     if cfg.shared_batch:
         x, t = d._last_batch
     else:
         with torch.no_grad(), d.plans["teacher"].autocast():
-            x = m.generator(d._z(cfg.batch_size))
+            x = m.generator(d._z(d.batch))
             t = m.teacher(d._fmt(x, "teacher"))
     d.memory.push(x, t)
-    n_old = int(cfg.batch_size * cfg.replay_fraction) if len(d.memory) >= 2 * cfg.batch_size else 0
+    n_old = int(d.batch * cfg.replay_fraction) if len(d.memory) >= 2 * d.batch else 0
     if n_old:
         x_old, t_old = replayed(d, n_old)
         x = torch.cat([x[: len(x) - n_old], x_old.to(x.dtype)])

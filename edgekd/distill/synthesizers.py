@@ -60,9 +60,9 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
         d.bn_hook.enabled = True
     # A class-conditional G (gen_labels) is asked for balanced target classes; otherwise oh targets
     # the teacher's own argmax (DAFL).
-    labels = balanced_labels(cfg.batch_size, d.spec.num_classes, d.plan.device) if m.generator.num_classes else None
+    labels = balanced_labels(d.batch, d.spec.num_classes, d.plan.device) if m.generator.num_classes else None
     with d.plans["teacher"].autocast():
-        raw = m.generator(d._z(cfg.batch_size), labels)
+        raw = m.generator(d._z(d.batch), labels)
         x = jitter(raw, cfg.g_jitter)
         t_logits = m.teacher(d._fmt(x, "teacher"))
     with d.plans["student"].autocast():
@@ -132,7 +132,7 @@ def targeted_terms(d: Distiller, x: torch.Tensor, targets: torch.Tensor) -> Tupl
 
 def meta_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     cfg, m = d.cfg, d.m
-    k, n = d.spec.num_classes, cfg.batch_size
+    k, n = d.spec.num_classes, d.batch
     m.student.requires_grad_(False)
     fast = copy.deepcopy(m.generator).train()
     z = d._z(n).requires_grad_(True)
@@ -179,7 +179,7 @@ def inversion_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     adversarial term makes it Adaptive DeepInversion. A slice of every batch is withheld from the
     student as held-out images (d.heldout): there is no generator to draw them from."""
     cfg, m = d.cfg, d.m
-    k, n, dev = d.spec.num_classes, cfg.batch_size, d.plan.device
+    k, n, dev = d.spec.num_classes, d.batch, d.plan.device
     m.student.requires_grad_(False)
     mean, std = (torch.tensor(v, device=dev).reshape(1, -1, 1, 1) for v in (d.spec.mean, d.spec.std))
     c, h, w = d.spec.input_shape
@@ -270,7 +270,7 @@ def nayer_synthesis(d: Distiller) -> Dict[str, torch.Tensor]:
     lowest-loss batch is kept. Random noise that lasts one batch gives diversity; a generator that
     lasts gives speed, since it already knows how to draw each class."""
     cfg, m = d.cfg, d.m
-    k, n, dev = d.spec.num_classes, cfg.batch_size, d.plan.device
+    k, n, dev = d.spec.num_classes, d.batch, d.plan.device
     m.student.requires_grad_(False)
     if cfg.g_life and d.step and d.step % cfg.g_life == 0:
         reset_weights(m.generator)
