@@ -110,9 +110,10 @@ def run_one(teacher: str, method: str, seed: int, budget: float, eval_every: flo
     result = distill(loaded, cfg, run_dir, load_dataset(t.data))
     history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     curve = [(h["time"], h["accuracy"], h.get("agreement_pool")) for h in history if "accuracy" in h]
+    summary = json.loads((run_dir / "summary.json").read_text())
     return {"teacher": teacher, "method": method, "resolved_method": cfg.method, "seed": seed, "tag": tag,
-            "sets": sets, "gen_grey": cfg.gen_grey, "grey_choice": cfg.grey_choice, "budget_s": budget, "steps": result.steps, "s_steps": json.loads(
-                (run_dir / "summary.json").read_text()).get("s_steps"),
+            "sets": sets, "gen_grey": cfg.gen_grey, "grey_choice": cfg.grey_choice, "budget_s": budget,
+            "steps": result.steps, "s_steps": summary.get("s_steps"), "batch": summary.get("batch"),
             "accuracy": round(result.metrics["accuracy"], 4), "best_seen": round(max(a for _, a, _ in curve), 4),
             "teacher_accuracy": round(result.teacher_accuracy, 4), "curve": curve, "events": result.events,
             "plan": result.plan, "wall_s": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
@@ -176,8 +177,8 @@ def report(args: argparse.Namespace) -> None:
           "per-run values in brackets (a seed run again in a later sitting counts as another run; "
           "TUNING.md gives each sitting's pairs). 'of teacher' = final / teacher accuracy. 'time to 90%' = first "
           "evaluation at which the student reached 90% of its own run's final accuracy (mean over seeds).", "",
-          "| teacher | BN | method | budget | runs | G steps | final accuracy | best seen | teacher | of teacher "
-          "| time to 90% | threads | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| teacher | BN | method | budget | runs | batch | G steps | final accuracy | best seen | teacher "
+          "| of teacher | time to 90% | threads | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (teacher, method, budget, cpu), rs in sorted(groups.items()):
         mean = sum(r["accuracy"] for r in rs) / len(rs)
         best = sum(r["best_seen"] for r in rs) / len(rs)
@@ -187,7 +188,7 @@ def report(args: argparse.Namespace) -> None:
         seeds = ", ".join(f"{r['accuracy']:.1%}" for r in rs)
         bn = "yes" if teacher in TEACHERS and TEACHERS[teacher].has_bn else "no"
         md.append(f"| {teacher} | {bn} | {method} "
-                  f"| {budget:.0f} s | {len(rs)} | {sum(r['steps'] for r in rs) / len(rs):.0f} | {mean:.1%} "
+                  f"| {budget:.0f} s | {len(rs)} | {_batches(rs)} | {sum(r['steps'] for r in rs) / len(rs):.0f} | {mean:.1%} "
                   f"({seeds}) | {best:.1%} | {tacc:.1%} | {mean / tacc:.0%} "
                   f"| {sum(times) / len(times):.0f} s | {rs[0]['torch_threads']} | {cpu} |")
     md += _against_reference(rows)
@@ -196,6 +197,13 @@ def report(args: argparse.Namespace) -> None:
     # A tagged group of one run is a screen (a --set tried on one seed): the table keeps it, the plot shows
     # defaults and settings measured over several runs (e.g. --grey), so it stays readable as screens pile up.
     _plot({k: rs for k, rs in groups.items() if len(rs) > 1 or not any(r.get("tag") for r in rs)})
+
+
+def _batches(rs: List[Dict[str, Any]]) -> str:
+    """The batches the runs took: budget_g_steps' choice (rows from round 18 on), else --set batch_size,
+    else the default 256 that every earlier row ran at."""
+    used = sorted({r.get("batch") or r.get("sets", {}).get("batch_size", 256) for r in rs})
+    return " / ".join(map(str, used))
 
 
 def _side_by_side(a: Dict[str, Any], b: Dict[str, Any]) -> bool:

@@ -374,6 +374,23 @@ def test_the_student_kept_is_the_best_on_earlier_generators_images(tmp_path, dem
     assert all(p.abs().sum() == 0 for p in student.parameters() if p.dim() > 1)
 
 
+def test_an_earlier_student_is_kept_only_when_better_beyond_chance(tmp_path, demo):
+    from edgekd.distill.evaluation import beyond_chance, earlier_is_better
+
+    assert beyond_chance(40, 10) and not beyond_chance(30, 20) and not beyond_chance(0, 0)
+    assert not beyond_chance(10, 40)
+    cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=3, eval_every_s=0))
+    d = Distiller(load_model(demo), cfg, tmp_path / "run")
+    result = d.run()
+    # The same weights are never better than themselves; the teacher (right on every pool image: the pool's
+    # labels are its own) is better than a 3-step student, which is not better than it.
+    same, counts = earlier_is_better(d, d.m.final_student, d.m.final_student)
+    assert not same and counts.startswith("0 pool images only it gets right, 0 only")
+    assert earlier_is_better(d, d.m.teacher, d.m.final_student)[0]
+    assert not earlier_is_better(d, d.m.final_student, d.m.teacher)[0]
+    assert result.metrics["best_step"] <= 3
+
+
 def test_total_variation_term_is_trained_and_logged(tmp_path):
     cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=2, student="resnet18-cifar", w_tv=5.0,
                                                         s_steps=1, s_time_ratio=0))

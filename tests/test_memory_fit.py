@@ -17,7 +17,7 @@ def test_fit_batch_shrinks_a_default_and_refuses_an_explicit_batch():
     batch, note = fit_batch(10 * MIB, 256, 1024 * MIB, "of RAM available", (3, 224, 224), explicit=False)
     assert batch == 56 and batch * 10 * MIB <= 0.6 * 1024 * MIB  # 61 fit: a multiple of 8 below
     assert note.startswith("batch 56: the default batch 256 needs ~2.5 GiB") and "3x224x224" in note
-    with pytest.raises(UsageError, match="--batch-size batch 256 needs .*use --batch-size 56 or less"):
+    with pytest.raises(UsageError, match="--batch-size 256 is too large: batch 256 needs .*; use --batch-size 56 or less"):
         fit_batch(10 * MIB, 256, 1024 * MIB, "of RAM available", (3, 224, 224), explicit=True)
     with pytest.raises(UsageError, match="not even batch 2 fits"):
         fit_batch(1024 * MIB, 256, 1024 * MIB, "of RAM available", (3, 224, 224), explicit=False)

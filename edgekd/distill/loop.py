@@ -705,11 +705,18 @@ class Distiller:
             latest = evaluation.evaluate(self)
         chosen = self.m.final_student
         if self.best_model is not None and self.best_step != self.step:
-            last = latest.get("agreement_pool", 0.0)
-            latest = evaluation.evaluate(self, self.best_model)
-            chosen = self.best_model
-            self._event(f"kept the student of step {self.best_step}: it agrees with the teacher on "
-                        f"{latest['agreement_pool']:.1%} of earlier generators' images, the last one on {last:.1%}")
+            better, counts = evaluation.earlier_is_better(self, self.best_model, chosen)
+            if better:
+                last = latest.get("agreement_pool", 0.0)
+                latest = evaluation.evaluate(self, self.best_model)
+                chosen = self.best_model
+                self._event(f"kept the student of step {self.best_step}: it agrees with the teacher on "
+                            f"{latest['agreement_pool']:.1%} of earlier generators' images, the last one on "
+                            f"{last:.1%} ({counts})")
+            else:
+                latest = {**latest, "best_step": self.step}
+                self._event(f"kept the last student: the best-scoring earlier one (step {self.best_step}) is not "
+                            f"better on earlier generators' images beyond chance ({counts})")
         student_path = self.rundir / RunDir.STUDENT
         save_checkpoint(student_path, chosen.float().to(memory_format=torch.contiguous_format).cpu(),
                         self._student_spec(), self.provenance())

@@ -108,7 +108,7 @@ def fit_batch(per_image: int, batch: int, free: int, where: str, shape: Tuple[in
         raise UsageError(f"{need}: not even batch 2 fits; use a smaller --input-size or --student")
     chosen = fits if fits < 8 else fits // 8 * 8
     if explicit:
-        raise UsageError(f"--batch-size {need}: use --batch-size {chosen} or less")
+        raise UsageError(f"--batch-size {batch} is too large: {need}; use --batch-size {chosen} or less")
     return chosen, f"batch {chosen}: the default {need}"
 
 
