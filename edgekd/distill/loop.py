@@ -420,8 +420,8 @@ class Distiller:
     def _choose_batch(self, key: str, iteration_seconds: float) -> None:
         """With a time budget, a batch small enough that about budget_g_steps generator steps fit in it.
         A generator that makes few steps never reaches the teacher's data: on a 2-core AVX2 CPU a ResNet-18
-        teacher made 71 steps of 256 images in 10 minutes (student 53.7%) and 305 steps of 64 (68.9%); a
-        ResNet-34 45.6% at 256, 64.8% at 64; photo10 47.7% at 256, 59.4% at 72 (benchmarks/TUNING.md round
+        teacher made 71 steps of 256 images in 10 minutes (student 53.7%) and 305 steps of 64 (69.1%); a
+        ResNet-34 45.6% at 256, 63.6% at 64; photo10 47.7% at 256, 59.4% at 72 (benchmarks/TUNING.md round
         18). Per-image cost is about flat in the batch, so the batch scales with the steps that fit, but no
         lower than MIN_BATCH (32 lost 5 points to 64 on photo10, round 14). The timed iteration leaves out
         evaluation and checkpoints: runs made 75-80% of the steps it foretold (hence 400 in the presets)."""

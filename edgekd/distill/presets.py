@@ -24,8 +24,8 @@ Reference formulations (docs/method.md and the public DataFree benchmark):
          -> 50.6% (seed 0; TUNING.md round 8). What `auto` picks for a teacher with readable BN statistics.
 - both adversarial presets, under a time budget: the batch shrinks (to 64 at least) where fewer than ~400
          generator steps of 256 would fit (budget_g_steps): on a 2-core AVX2 CPU, 10 minutes, the BN
-         teachers made 60-90 steps of 256; at 64-72 images ResNet-18 53.7% -> 68.9%, ResNet-34 45.6% ->
-         64.8%, photo10 47.7% -> 59.4% (seed 0; TUNING.md round 18).
+         teachers made 60-90 steps of 256; at 64-72 images ResNet-18 53.7% -> 69.1%, ResNet-34 45.6% ->
+         63.6%, photo10 47.7% -> 59.4% (seed 0; TUNING.md round 18).
 - fast, deepinversion, nayer: the inversion family on its own synthesizers (below).
 - auto (the CLI default): choose_method() picks one of these by what the teacher is.
 """
