@@ -69,8 +69,13 @@ def evaluate(d: Distiller, model: Optional[nn.Module] = None) -> Dict[str, float
     return result
 
 
+def _right_on_pool(d: Distiller, model: nn.Module) -> torch.Tensor:
+    """Which pool images `model` labels as the teacher did."""
+    return predict(d, model, d.pool_x) == d.pool_t
+
+
 def pool_agreement(d: Distiller, model: nn.Module) -> float:
-    return float((predict(d, model, d.pool_x) == d.pool_t).float().mean())
+    return float(_right_on_pool(d, model).float().mean())
 
 
 def _consider_best(d: Distiller, score: float) -> None:
@@ -93,8 +98,7 @@ def earlier_is_better(d: Distiller, earlier: nn.Module, last: nn.Module) -> Tupl
     TUNING.md round 18). So the two are compared image by image on the same pool (McNemar's test): the
     earlier one is saved only when the images it alone gets right outnumber those the last one alone
     gets right by more than two standard deviations of that difference. Drift that is real still shows."""
-    kept_right = predict(d, earlier, d.pool_x) == d.pool_t
-    last_right = predict(d, last, d.pool_x) == d.pool_t
+    kept_right, last_right = _right_on_pool(d, earlier), _right_on_pool(d, last)
     ahead, behind = int((kept_right & ~last_right).sum()), int((last_right & ~kept_right).sum())
     return beyond_chance(ahead, behind), f"{ahead} pool images only it gets right, {behind} only the last one"
 

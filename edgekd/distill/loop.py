@@ -438,7 +438,7 @@ class Distiller:
             return max(MIN_BATCH, int(cfg.batch_size * fits / cfg.budget_g_steps) // 8 * 8)
 
         batch, hit = cached(key, measure, lambda v: isinstance(v, int) and MIN_BATCH <= v <= cfg.batch_size)
-        self.batch = int(self.world.from_main(int(min(batch, cfg.batch_size))))
+        self.batch = int(self.world.from_main(int(batch)))  # valid: MIN_BATCH..cfg.batch_size
         if self.batch < cfg.batch_size:
             self._event(f"step {self.step + 1}: batch {self.batch} from here, so that about {cfg.budget_g_steps} "
                         f"generator steps fit in the budget "
