@@ -226,6 +226,35 @@ def test_short_real_run_beats_chance_on_fashion_mnist(tmp_path, demo, fmnist):
     assert "accuracy" in lines[-1]
 
 
+def test_real_scoring_runs_off_the_clock_and_label_free_checks_are_paced(tmp_path, demo, fmnist, monkeypatch):
+    import time
+
+    from edgekd.distill import evaluation
+
+    real_evaluate = evaluation.evaluate
+
+    def slow(d, model=None, real=True, label_free=True):  # real scoring 1 s more, label-free checks 0.3 s
+        time.sleep(0.3 if label_free else 1.0)
+        return real_evaluate(d, model, real, label_free)
+
+    monkeypatch.setattr(evaluation, "evaluate", slow)
+    small = fmnist.take(200)
+    cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=5, eval_every_s=0))
+    result = distill(load_model(demo), cfg, tmp_path / "paced", eval_data=small)
+    lines = [json.loads(x) for x in (tmp_path / "paced" / "metrics.jsonl").read_text().splitlines()]
+    # real accuracy at every step, off the clock: the budget's seconds exclude those 5 x 1 s
+    assert [r["step"] for r in lines if "accuracy" in r] == [1, 2, 3, 4, 5]
+    summary = json.loads((tmp_path / "paced" / "summary.json").read_text())
+    assert summary["measure_seconds"] >= 5 and summary["seconds"] < summary["measure_seconds"], summary
+    # a 0.3 s check holds the next one off for 6 s (eval_share 0.05): the first and the last step only
+    assert [r["step"] for r in lines if "agreement_synthetic" in r] == [1, 5]
+    assert result.metrics["accuracy"] == lines[-1]["accuracy"]
+    cfg.eval_share = 0.0  # unpaced: every eval_every_s
+    distill(load_model(demo), cfg, tmp_path / "every")
+    lines = [json.loads(x) for x in (tmp_path / "every" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "agreement_synthetic" in r] == [1, 2, 3, 4, 5]
+
+
 def test_config_resolution_and_errors(tmp_path):
     cfg = resolve_config("dfad", overrides=parse_sets(["w_adv=2", "s_steps=3"]) | {"iterations": 5})
     assert (cfg.w_adv, cfg.s_steps, cfg.kd_loss) == (2.0, 3, "l1")
@@ -361,7 +390,7 @@ def test_the_student_kept_is_the_best_on_earlier_generators_images(tmp_path, dem
                         p.zero_()
             return losses
 
-    cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=4, eval_every_s=0))
+    cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=4, eval_every_s=0, eval_share=0))
     result = Ruined(load_model(demo), cfg, tmp_path / "run").run()
     best = result.metrics["best_step"]
     assert best in (2, 3) and any(e.startswith(f"kept the student of step {best}:") for e in result.events)
@@ -379,7 +408,7 @@ def test_an_earlier_student_is_kept_only_when_better_beyond_chance(tmp_path, dem
 
     assert beyond_chance(40, 10) and not beyond_chance(30, 20) and not beyond_chance(0, 0)
     assert not beyond_chance(10, 40)
-    cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=3, eval_every_s=0))
+    cfg = resolve_config("adversarial", overrides=dict(FAST, iterations=3, eval_every_s=0, eval_share=0))
     d = Distiller(load_model(demo), cfg, tmp_path / "run")
     result = d.run()
     # The same weights are never better than themselves; the teacher (right on every pool image: the pool's

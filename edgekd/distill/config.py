@@ -96,7 +96,11 @@ class DistillConfig:
     keep_best: bool = True  # save the student that agrees best with the teacher on earlier generators' images
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the student
     # robustness and logging
-    eval_every_s: float = 20.0
+    eval_every_s: float = 20.0  # the student is scored at most this often (seconds)
+    # ... and its label-free checks (held-out and pool agreement, keep-best) take at most this share of the
+    # clock: after a check of t seconds the next waits t / eval_share (0: every eval_every_s). Scoring on
+    # real eval data is not distillation and runs off the clock, every eval_every_s.
+    eval_share: float = 0.05
     eval_images: int = 10000
     eval_synthetic: int = 0  # held-out synthetic images for agreement; 0: by input size (1024 at 32x32)
     checkpoint_every_s: float = 60.0
@@ -143,6 +147,8 @@ class DistillConfig:
             raise UsageError("lr_schedule must be cosine or constant")
         if not 0 <= self.replay_fraction < 1:
             raise UsageError("replay_fraction must be in [0, 1)")
+        if not 0 <= self.eval_share <= 1:
+            raise UsageError("eval_share must be in [0, 1]")
         if not 0 <= self.ema_decay < 1:
             raise UsageError("ema_decay must be in [0, 1)")
         if self.g_steps < 1 or self.s_steps < 1:

@@ -37,20 +37,29 @@ def predict(d: Distiller, model: nn.Module, x: torch.Tensor, batch: int = 512) -
     return torch.cat(out)
 
 
-def evaluate(d: Distiller, model: Optional[nn.Module] = None) -> Dict[str, float]:
-    """Real test accuracy when eval data was given; agreement with the teacher on held-out
-    synthetic images always, and on the pool of earlier generators' images, which decides the
-    student kept (keep_best). `model`: another student to score, the run's state untouched."""
+def evaluate(d: Distiller, model: Optional[nn.Module] = None, real: bool = True,
+             label_free: bool = True) -> Dict[str, float]:
+    """Real test accuracy when eval data was given (`real`); agreement with the teacher on held-out
+    synthetic images and on the pool of earlier generators' images, which decides the student kept
+    (`label_free`). `model`: another student to score, the run's state untouched."""
     scoring_run = model is None
     model = d.m.final_student if model is None else model
     result: Dict[str, float] = {}
-    if d.eval_x is not None:
+    if real and d.eval_x is not None:
         pred = predict(d, model, d.eval_x)
         result["accuracy"] = float((pred == d.eval_y).float().mean())
         if d.teacher_pred_real is None:  # the teacher is frozen: predict the real set once
             d.teacher_pred_real = predict(d, d.m.teacher, d.eval_x)
             d.teacher_accuracy = float((d.teacher_pred_real == d.eval_y).float().mean())
         result["agreement_real"] = float((pred == d.teacher_pred_real).float().mean())
+    if label_free:
+        result.update(_label_free(d, model, scoring_run))
+    d.m.student.train()
+    return result
+
+
+def _label_free(d: Distiller, model: nn.Module, scoring_run: bool) -> Dict[str, float]:
+    result: Dict[str, float] = {}
     x = SYNTHESIZERS[d.cfg.synthesizer].heldout(d)
     if x is not None:
         t_pred = predict(d, d.m.teacher, x)
@@ -65,7 +74,6 @@ def evaluate(d: Distiller, model: Optional[nn.Module] = None) -> Dict[str, float
             _grow_pool(d, x, t_pred)
     if d.best_step is not None:
         result["best_step"] = d.best_step
-    d.m.student.train()
     return result
 
 

@@ -50,6 +50,7 @@ from edgekd.rundir import RunDir
 from edgekd.spec import ModelSpec
 
 MIN_BATCH = 64  # the least budget_g_steps shrinks a batch to
+_SCORES = frozenset({"accuracy", "agreement_real", "agreement_synthetic", "agreement_pool", "best_step"})
 _OPTIMIZERS = {
     "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay),
     "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
@@ -259,6 +260,7 @@ class Distiller:
         self.batch = cfg.batch_size  # images per generator and student step; budget_g_steps may lower it
         self.step = 0
         self.elapsed = 0.0
+        self.measure_seconds = 0.0  # scoring on real eval data: wall time outside the budget
         self.lr_scale = 1.0
         self.collapse_run = 0
         self.collapses = 0
@@ -503,6 +505,7 @@ class Distiller:
             return
         state = {
             "edgekd_version": __version__, "step": self.step, "elapsed": self.elapsed,
+            "measure_seconds": self.measure_seconds,
             "models": self.m.state_dict(), "memory": self.memory.state_dict(), "heldout": self.heldout.state_dict(),
             "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
             "rng_cpu": torch.get_rng_state(),
@@ -555,6 +558,7 @@ class Distiller:
         if state["rng_cuda"] is not None:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.measure_seconds = float(state.get("measure_seconds", 0.0))
         self.lr_scale, self.collapse_run = float(state["lr_scale"]), int(state["collapse_run"])
         self.events = list(state["events"])
         self.ema_updates = int(state.get("ema_updates", 0))
@@ -651,7 +655,8 @@ class Distiller:
         for note in self.notes:
             self.progress.message(note)
         self.progress.start(f"distill {self.spec.arch} -> {cfg.student} ({cfg.method})")
-        last_eval = last_ckpt = time.monotonic()
+        last_check = last_measure = last_ckpt = time.monotonic()
+        check_every = cfg.eval_every_s
         latest: Dict[str, Any] = {}
         interrupted = False
         with _StopFlag(grace_s=2.0 if self.world.active else 0.0) as stop:
@@ -675,12 +680,25 @@ class Distiller:
                 now = time.monotonic()
                 record = {"step": self.step, "time": round(self.elapsed, 2),
                           **{k: round(v, 5) for k, v in losses.items()}}
-                if self.world.main and (now - last_eval >= cfg.eval_every_s or self._done()):
-                    latest = evaluation.evaluate(self)
-                    record.update(latest)
-                    last_eval = time.monotonic()
+                if self.world.main and self.eval_x is not None and (now - last_measure >= cfg.eval_every_s
+                                                                    or self._done()):
+                    t0 = time.perf_counter()
+                    record.update(evaluation.evaluate(self, label_free=False))
+                    spent = time.perf_counter() - t0
+                    tick += spent  # scoring on the user's real images is not distillation: off the clock
+                    self.measure_seconds += spent
+                    last_measure = time.monotonic()
+                if self.world.main and (now - last_check >= check_every or self._done()):
+                    t0 = time.perf_counter()
+                    record.update(evaluation.evaluate(self, real=False))
+                    if cfg.eval_share:  # paced by its cost: 5 s of checks on a 600 s budget, not 25%
+                        check_every = max(cfg.eval_every_s, (time.perf_counter() - t0) / cfg.eval_share)
+                    last_check = time.monotonic()
+                scored = {k: v for k, v in record.items() if k in _SCORES}
+                if scored:
+                    latest = {**latest, **scored}
                     self._warn_if_chance(latest)
-                if self.step % 10 == 0 or "agreement_synthetic" in record:
+                if self.step % 10 == 0 or scored:
                     self._log(record)
                 self.progress.update(self._fraction(), self.step, {**{k: losses[k] for k in ("loss_g", "loss_s") if k in losses}, **latest})
                 due = (now - last_ckpt >= cfg.checkpoint_every_s
@@ -725,7 +743,8 @@ class Distiller:
             from edgekd.distill.artifacts import write_artifacts
 
             write_artifacts(self)
-        summary = {"steps": self.step, "seconds": round(self.elapsed, 1), "interrupted": interrupted,
+        summary = {"steps": self.step, "seconds": round(self.elapsed, 1),
+                   "measure_seconds": round(self.measure_seconds, 1), "interrupted": interrupted,
                    "final": latest, "teacher_accuracy": self.teacher_accuracy, "events": self.events,
                    "run_id": self.run_id, "plan": self.plan_reason, "s_steps": self.s_steps, "batch": self.batch, "method": cfg.method, "method_choice": cfg.method_choice,
                    "notes": self.notes, "student": cfg.student,
