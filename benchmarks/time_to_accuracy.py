@@ -68,6 +68,12 @@ TEACHERS: Dict[str, Teacher] = {
         "fmnist_resnet18.pt", "fashion-mnist", "mobilenet_v2",
         f"{TRAIN} --arch resnet18 --data fashion-mnist:train --test fashion-mnist --channels 3 --size 32 "
         "--epochs 1 --format state_dict", {"mean": (0.5,), "std": (0.5,), "input_size": (32, 32)}, has_bn=True),
+    # the same network as a user's TorchScript export: normalisation inside, (logits, probabilities) out
+    "fmnist-resnet18-wrapped": Teacher(
+        "fmnist_resnet18_wrapped.ts", "fashion-mnist", "mobilenet_v2",
+        f"{TRAIN} --arch resnet18 --data fashion-mnist:train --test fashion-mnist --channels 3 --size 32 "
+        "--epochs 0 --weights fmnist_resnet18.pt --format torchscript-normalised", {"input_size": (32, 32)},
+        has_bn=True),
     # the README's own case: a torchvision ResNet-34 of grey images copied to 3 channels
     "fmnist-resnet34": Teacher(
         "fmnist_resnet34.pt", "fashion-mnist", "mobilenet_v2",

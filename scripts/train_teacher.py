@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -49,9 +50,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--format", choices=["edgekd", "state_dict", "torchscript", "torchscript-dafl"], default="edgekd",
+    ap.add_argument("--format", choices=["edgekd", "state_dict", "torchscript", "torchscript-dafl", "torchscript-normalised"],
+                    default="edgekd",
                     help="torchscript-dafl: a LeNet-5 saved in DAFL's lenet.py layout (other names, "
-                         "forward(img, out_feature=False)), as users of that code base hold it")
+                         "forward(img, out_feature=False)), as users of that code base hold it; "
+                         "torchscript-normalised: a wrapper that takes [0, 1] images, normalises them with "
+                         "--mean/--std inside and returns (logits, probabilities), as many exports do")
+    ap.add_argument("--weights", help="start from this state_dict (with --epochs 0: the same teacher in another --format)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--save-holdout", help="write the held-out test images as .npz (for measuring students)")
     args = ap.parse_args()
@@ -83,9 +88,11 @@ def main() -> None:
 
     model = (LAYOUTS[args.arch](channels, spec.num_classes) if args.arch in LAYOUTS
              else create_model(args.arch, spec.num_classes, channels))
+    if args.weights:
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps = args.epochs * ((len(x_train) + args.batch_size - 1) // args.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=max(1, steps))
     t0 = time.time()
     for epoch in range(args.epochs):
         model.train()
@@ -111,6 +118,8 @@ def main() -> None:
         torch.save(model.state_dict(), args.out)
     elif args.format == "torchscript":
         torch.jit.script(model).save(args.out)
+    elif args.format == "torchscript-normalised":
+        torch.jit.script(NormalisedExport(model, mean, std).eval()).save(args.out)
     else:
         torch.jit.script(DaflLeNet5.from_lenet5(model)).save(args.out)
     print(json.dumps(info))
@@ -131,6 +140,21 @@ class ExamplesMnistNet(torch.nn.Module):
         x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
         x = self.dropout2(F.relu(self.fc1(torch.flatten(self.dropout1(x), 1))))
         return F.log_softmax(self.fc2(x), dim=1)
+
+
+class NormalisedExport(torch.nn.Module):
+    """A common export layout: [0, 1] images in, normalisation inside, (logits, probabilities) out."""
+
+    def __init__(self, model: torch.nn.Module, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        self.model = model
+        c = next(p for p in model.state_dict().values() if p.dim() == 4).shape[1]
+        self.register_buffer("mean", torch.tensor(mean * (c // len(mean))).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std * (c // len(std))).view(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model((x - self.mean) / self.std)
+        return logits, logits.softmax(1)
 
 
 # Layouts of other code bases, trained here as their users would (not registered architectures).

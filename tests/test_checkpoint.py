@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from edgekd.errors import InputFileError, ModelError
-from edgekd.models.checkpoint import infer_arch, load_model, save_checkpoint
+from edgekd.models.checkpoint import load_model, save_checkpoint
 from edgekd.models.registry import create_model
+from edgekd.models.statedict import infer_arch
 from edgekd.spec import ModelSpec
 
 
@@ -270,10 +271,53 @@ def test_torchscript_forward_argument_names_do_not_matter(tmp_path):
     torch.jit.script(model).save(str(tmp_path / "norm.pt"))
     loaded = load_model(tmp_path / "norm.pt", spec_overrides={"input_size": (32, 32)})
     assert loaded.spec.arch == "_Normalised" and loaded.spec.num_classes == 10
-    assert "kept as TorchScript" in loaded.notes[0]
-    # The wrapper's code keeps it TorchScript; the note says the inner network would load eager.
-    assert "its submodule 'net' is a lenet5" in loaded.notes[0] and "BatchNorm" not in loaded.notes[0]
+    # The wrapper's subtraction is found among its tensors: rebuilt eager, in front of the lenet5.
+    assert "rebuilt as eager lenet5 (its submodule 'net') behind the wrapper's normalisation x - mean" in loaded.notes[0]
+    assert not isinstance(loaded.model, torch.jit.ScriptModule)
     assert _same_outputs(model, loaded.model, (1, 32, 32))
+
+
+class _ResNetExport(torch.nn.Module):
+    """How ResNets are often exported: ImageNet-style normalisation inside, (logits, features) out."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = create_model("resnet18", 10, 3)
+        self.register_buffer("mean", torch.tensor([0.3, 0.4, 0.5]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor):
+        logits = self.backbone((x - self.mean) / self.std)
+        return logits, logits.softmax(1)
+
+
+class _Squashed(_ResNetExport):
+    def forward(self, x: torch.Tensor):
+        return self.backbone(torch.tanh(x - self.mean))
+
+
+def test_torchscript_wrapper_of_a_bn_network_is_rebuilt_with_its_normalisation(tmp_path):
+    torch.manual_seed(0)
+    model = _ResNetExport().eval()
+    for bn in model.modules():  # running statistics of a trained network, not the identity of a fresh one
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+    torch.jit.script(model).save(str(tmp_path / "export.pt"))
+    loaded = load_model(tmp_path / "export.pt", spec_overrides={"input_size": (32, 32)})
+    note = loaded.notes[0]
+    assert "rebuilt as eager resnet18 (its submodule 'backbone') behind the wrapper's normalisation (x - mean) / std" in note
+    assert "item 0 of its output as the logits" in note
+    # eager: the BatchNorm layers take hooks; the file normalises, so real images come in [0, 1]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.modules())
+    assert loaded.spec.mean == (0.0,) * 3 and loaded.spec.std == (1.0,) * 3 and "normalises its input" in loaded.notes[1]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), model(x)[0], atol=1e-4)
+    # a transform that is not (x - a) * b stays TorchScript, and the note says what would load eager
+    torch.jit.script(_Squashed().eval()).save(str(tmp_path / "squashed.pt"))
+    kept = load_model(tmp_path / "squashed.pt", spec_overrides={"input_size": (32, 32)})
+    assert isinstance(kept.model, torch.jit.ScriptModule) and "kept as TorchScript" in kept.notes[0]
+    assert "its submodule 'backbone' is a resnet18" in kept.notes[0] and "BatchNorm prior" in kept.notes[0]
 
 
 class _Fixed28(torch.nn.Module):

@@ -57,6 +57,36 @@ def test_each_preset_runs_on_a_bn_teacher(tmp_path, method):
     assert calib["x"].shape == (n, 3, 16, 16) and np.isfinite(calib["x"]).all()
 
 
+class _Exported(nn.Module):
+    """A user's TorchScript export of a BN network: normalisation inside, (logits, probabilities) out."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.4))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), 0.3))
+
+    def forward(self, x: torch.Tensor):
+        logits = self.net((x - self.mean) / self.std)
+        return logits, logits.softmax(1)
+
+
+def test_a_torchscript_export_of_a_bn_network_distils_with_its_bn_prior_and_exports(tmp_path):
+    from edgekd.deploy.bundle import ExportConfig, export_bundle
+    from edgekd.deploy.targets import get_target
+
+    torch.manual_seed(0)
+    torch.jit.script(_Exported(create_model("wrn16-2", 5, 3)).eval()).save(str(tmp_path / "export.ts"))
+    teacher = load_model(tmp_path / "export.ts", spec_overrides={"input_size": (16, 16)})
+    assert "rebuilt as eager wrn16-2" in teacher.notes[0] and teacher.spec.mean == (0.0,) * 3
+    cfg = resolve_config("adversarial-bn", overrides={**FAST, "iterations": 2, "student": "resnet18-cifar", "s_steps": 1})
+    distill(teacher, cfg, tmp_path / "run")
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["bn"] > 0  # the BatchNorm prior is on: hooks on the rebuilt network
+    export_bundle(tmp_path / "run", ExportConfig(get_target("x86-cpu"), "fp32"), tmp_path / "bundle")
+    assert (tmp_path / "bundle" / "teacher.onnx").exists()
+
+
 def test_g_warmup_trains_the_generator_alone_first(tmp_path, monkeypatch):
     from edgekd.distill import student as student_module
 

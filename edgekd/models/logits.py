@@ -93,6 +93,14 @@ def _pick(out: Any) -> Tuple[Optional[Union[int, str]], str]:
                      "save a classifier that returns logits")
 
 
+def pick_logits(out: Any) -> Tuple[torch.Tensor, str]:
+    """The logits in a forward's output, and where they were ("" for a plain tensor, "item 0", "key 'logits'")."""
+    where, _ = _pick(out)
+    if where is None:
+        return out, ""
+    return out[where], (f"item {where}" if isinstance(where, int) else f"key {where!r}")
+
+
 def as_classifier(model: nn.Module, probe: torch.Tensor) -> Tuple[nn.Module, List[str]]:
     """`model` itself when forward(x) returns logits and takes nothing else; otherwise a wrapper
     that does, with notes saying what was bound or picked. `probe` is one valid input."""
