@@ -52,7 +52,7 @@ def distill_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Synthetic batch size (default 256)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (from the hardware), fp32, bf16 or fp16."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Labelled test data to *measure* the student on: fashion-mnist, mnist, an IDX dir, ImageFolder or .npz."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Labelled test data to *measure* the student on (off the --time-budget clock): fashion-mnist, mnist, an IDX dir, ImageFolder or .npz."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<teacher>-<student>-<method>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its settings (a new --time-budget or --iterations may extend it)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
