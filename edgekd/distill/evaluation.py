@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
 
 _POOL_BYTES = 64 * 2 ** 20  # held-out pool of earlier generators' images
+# What evaluate() can return: the loop keeps the latest of each for the progress line and the summary.
+SCORES = frozenset({"accuracy", "agreement_real", "agreement_synthetic", "agreement_pool", "best_step"})
 _MIN_POOL = 128  # fewer pool images than this decide nothing: agreement on a handful is noise
 
 

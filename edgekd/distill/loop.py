@@ -50,7 +50,6 @@ from edgekd.rundir import RunDir
 from edgekd.spec import ModelSpec
 
 MIN_BATCH = 64  # the least budget_g_steps shrinks a batch to
-_SCORES = frozenset({"accuracy", "agreement_real", "agreement_synthetic", "agreement_pool", "best_step"})
 _OPTIMIZERS = {
     "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay),
     "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
@@ -694,7 +693,7 @@ class Distiller:
                     if cfg.eval_share:  # paced by its cost: 5 s of checks on a 600 s budget, not 25%
                         check_every = max(cfg.eval_every_s, (time.perf_counter() - t0) / cfg.eval_share)
                     last_check = time.monotonic()
-                scored = {k: v for k, v in record.items() if k in _SCORES}
+                scored = {k: v for k, v in record.items() if k in evaluation.SCORES}
                 if scored:
                     latest = {**latest, **scored}
                     self._warn_if_chance(latest)
