@@ -380,7 +380,7 @@ def test_student_steps_follow_their_measured_cost(tmp_path, demo):
 def test_batch_shrinks_until_the_wanted_generator_steps_fit_the_budget(tmp_path, demo):
     """budget_g_steps: a run whose budget fits far fewer generator steps than wanted goes on at a smaller
     batch (never under MIN_BATCH) after its timed iteration, keeps it across a resume, and says so."""
-    from edgekd.distill.loop import MIN_BATCH
+    from edgekd.distill.schedule import MIN_BATCH
 
     cfg = dict(FAST, batch_size=128, iterations=3, time_budget=3600.0, budget_g_steps=10**6, calib_images=8)
     d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")

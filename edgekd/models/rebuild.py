@@ -20,7 +20,7 @@ import torch.nn as nn
 from edgekd.errors import ModelError
 from edgekd.models.logits import pick_logits
 from edgekd.models.registry import create_model, get_entry
-from edgekd.models.statedict import _by_position, _with_counters, infer_arch, infer_classes_channels
+from edgekd.models.statedict import by_position, infer_arch, infer_classes_channels, with_counters
 
 _MAX_CANDIDATES = 4  # wrapper tensors tried as mean / std: each pair costs a forward of 4 images
 
@@ -52,14 +52,14 @@ def _fit(sd: Dict[str, torch.Tensor]) -> Optional[Tuple[str, int, int, Dict[str,
     """(architecture, classes, channels, weights under its keys) when `sd` fits one, by name or in order."""
     try:
         name, classes, channels = infer_arch(sd)
-        return name, classes, channels, _with_counters(sd, name, classes, channels)
+        return name, classes, channels, with_counters(sd, name, classes, channels)
     except ModelError:  # no fit by name (or not a classifier's weights): try by position
         pass
     try:
         classes, channels = infer_classes_channels(sd)
     except ModelError:
         return None
-    found = _by_position(sd, classes, channels)
+    found = by_position(sd, classes, channels)
     return None if found is None else (found[0], classes, channels, found[1])
 
 
