@@ -37,7 +37,7 @@ from edgekd.distill.generator import Generator
 from edgekd.distill.guards import StopFlag, check_collapse, finite_params, recover, take_snapshot
 from edgekd.distill.hooks import BNStatsHook, ClassifierInputHook, FeatureMapHook
 from edgekd.distill.precision import ExecutionPlan, plan_execution
-from edgekd.distill.probe import candidates, fastest_plan, probe_batch
+from edgekd.distill.probe import CpuShare, candidates, fastest_plan, probe_batch
 from edgekd.distill.replay import ReplayMemory
 from edgekd.distill.schedule import choose_schedule, lr_factor, set_lr
 from edgekd.distill.synthesizers import SYNTHESIZERS
@@ -273,13 +273,13 @@ class Distiller:
         # The first iteration with student steps after the first (warm, representative) is timed when
         # S steps follow their cost.
         timing = cfg.s_time_ratio > 0 and self.step >= 1 and not self.s_steps_chosen and not warm
-        t0 = self._now(timing)
+        share, t0 = CpuShare(self.plan.device), self._now(timing)
         terms.update(SYNTHESIZERS[cfg.synthesizer].run(self))
         t1 = self._now(timing)
         for i in range(0 if warm else self.s_steps):
             terms.update(student.student_step(self, first=i == 0))
         if timing:
-            choose_schedule(self, t1 - t0, (self._now(timing) - t1) / self.s_steps)
+            choose_schedule(self, t1 - t0, (self._now(timing) - t1) / self.s_steps, share.crowded())
         names = list(terms)
         # One sync per iteration; the mean over ranks, so every rank takes the same NaN/collapse decisions.
         values = self.world.mean(torch.stack([terms[n].float().cpu() for n in names])).tolist()

@@ -39,25 +39,26 @@ def set_lr(opt: Optional[torch.optim.Optimizer], lr: float) -> None:
             group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
-def choose_schedule(d: Distiller, g_seconds: float, s_seconds: float) -> None:
+def choose_schedule(d: Distiller, g_seconds: float, s_seconds: float, crowded: bool = False) -> None:
     """Student steps per G step so the student's time is about s_time_ratio x the generator's,
-    between 1 and cfg.s_steps; then, with budget_g_steps, the batch."""
+    between 1 and cfg.s_steps; then, with budget_g_steps, the batch. Timed while other work shared the
+    cores (`crowded`, probe.CpuShare): used by this run, not cached."""
     cfg = d.cfg
     key = "s_steps|" + "|".join([plan_key(r, n, d.spec.input_shape, cfg.batch_size, [d.plans[r]])
                                  for r, n in (("teacher", d.spec.arch), ("student", cfg.student))]
                                 + [str(cfg.s_time_ratio), str(cfg.s_steps), str(cfg.g_steps)])
     want = cfg.s_time_ratio * g_seconds / max(s_seconds, 1e-9)
     n, hit = cached(key, lambda: max(1, min(cfg.s_steps, round(want))),
-                    lambda v: isinstance(v, int) and 1 <= v <= cfg.s_steps)
+                    lambda v: isinstance(v, int) and 1 <= v <= cfg.s_steps, lambda: crowded)
     d.s_steps, d.s_steps_chosen = int(d.world.from_main(int(n))), True
     d._event(f"step {d.step + 1}: {d.s_steps} student steps per generator step from here "
              + ("(cached for this setting)" if hit else
                 f"(G step {g_seconds:.3f}s, S step {s_seconds:.3f}s, S time up to {cfg.s_time_ratio:g}x G's, "
-                f"at most {cfg.s_steps})"))
-    choose_batch(d, key, g_seconds + d.s_steps * s_seconds)
+                f"at most {cfg.s_steps}" + ("; other work shared the cores: not cached" if crowded else "") + ")"))
+    choose_batch(d, key, g_seconds + d.s_steps * s_seconds, crowded)
 
 
-def choose_batch(d: Distiller, key: str, iteration_seconds: float) -> None:
+def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool = False) -> None:
     """With a time budget, a batch small enough that about budget_g_steps generator steps fit in it.
     A generator that makes few steps never reaches the teacher's data: on a 2-core AVX2 CPU a ResNet-18
     teacher made 71 steps of 256 images in 10 minutes (student 53.7%) and 305 steps of 64 (69.1%); a
@@ -77,7 +78,8 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float) -> None:
             return cfg.batch_size
         return max(MIN_BATCH, int(cfg.batch_size * fits / cfg.budget_g_steps) // 8 * 8)
 
-    batch, hit = cached(key, measure, lambda v: isinstance(v, int) and MIN_BATCH <= v <= cfg.batch_size)
+    batch, hit = cached(key, measure, lambda v: isinstance(v, int) and MIN_BATCH <= v <= cfg.batch_size,
+                        lambda: crowded)
     d.batch = int(d.world.from_main(int(batch)))  # valid: MIN_BATCH..cfg.batch_size
     if d.batch < cfg.batch_size:
         d._event(f"step {d.step + 1}: batch {d.batch} from here, so that about {cfg.budget_g_steps} "
