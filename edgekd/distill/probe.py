@@ -115,7 +115,8 @@ class CpuShare:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         saturated = busy - self.busy >= self.FULL * cores * wall
         wanted = min(torch.get_num_threads(), cores)
-        return wall > 0.05 and saturated and time.process_time() - self.cpu < self.FULL * wanted * wall
+        # /proc/stat counts in ticks of 10 ms: under half a second it cannot tell.
+        return wall > 0.5 and saturated and time.process_time() - self.cpu < self.FULL * wanted * wall
 
 
 def cached(key: str, measure: Callable[[], Any], valid: Callable[[Any], bool],
