@@ -270,11 +270,16 @@ def test_torchscript_forward_argument_names_do_not_matter(tmp_path):
     model = _Normalised().eval()
     torch.jit.script(model).save(str(tmp_path / "norm.pt"))
     loaded = load_model(tmp_path / "norm.pt", spec_overrides={"input_size": (32, 32)})
-    assert loaded.spec.arch == "_Normalised" and loaded.spec.num_classes == 10
-    # The wrapper's subtraction is found among its tensors: rebuilt eager, in front of the lenet5.
-    assert "rebuilt as eager lenet5 (its submodule 'net') behind the wrapper's normalisation x - mean" in loaded.notes[0]
+    assert loaded.spec.arch == "lenet5" and loaded.spec.num_classes == 10
+    # The wrapper's subtraction is found among its tensors: the lenet5 rebuilt eager, the subtraction its input
+    # statistics (mean 0.5, std 1), as a state_dict of the lenet5 given --mean 0.5 --std 1 would be.
+    assert ("rebuilt as eager lenet5 (its submodule 'net') with the wrapper's normalisation x - mean as its input "
+            "statistics") in loaded.notes[0]
+    assert loaded.spec.mean == (0.5,) and loaded.spec.std == (1.0,)
     assert not isinstance(loaded.model, torch.jit.ScriptModule)
-    assert _same_outputs(model, loaded.model, (1, 32, 32))
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model((x - 0.5) / 1.0), model(x), atol=1e-5)
 
 
 class _ResNetExport(torch.nn.Module):
@@ -305,14 +310,20 @@ def test_torchscript_wrapper_of_a_bn_network_is_rebuilt_with_its_normalisation(t
     torch.jit.script(model).save(str(tmp_path / "export.pt"))
     loaded = load_model(tmp_path / "export.pt", spec_overrides={"input_size": (32, 32)})
     note = loaded.notes[0]
-    assert "rebuilt as eager resnet18 (its submodule 'backbone') behind the wrapper's normalisation (x - mean) / std" in note
+    assert ("rebuilt as eager resnet18 (its submodule 'backbone') with the wrapper's normalisation (x - mean) / std "
+            "as its input statistics") in note
     assert "item 0 of its output as the logits" in note
-    # eager: the BatchNorm layers take hooks; the file normalises, so real images come in [0, 1]
+    # eager: the BatchNorm layers take hooks; the file's normalisation is the teacher's mean/std, so real
+    # images are normalised as the file does it, and the network inside sees what it saw in the file
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.modules())
-    assert loaded.spec.mean == (0.0,) * 3 and loaded.spec.std == (1.0,) * 3 and "normalises its input" in loaded.notes[1]
+    assert loaded.spec.mean == pytest.approx((0.3, 0.4, 0.5)) and loaded.spec.std == pytest.approx((0.2, 0.25, 0.3))
+    assert "normalises its input itself: mean 0.3 / 0.4 / 0.5, std 0.2 / 0.25 / 0.3" in loaded.notes[1]
     x = torch.rand(2, 3, 32, 32)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (loaded.spec.mean, loaded.spec.std))
     with torch.no_grad():
-        assert torch.allclose(loaded.model(x), model(x)[0], atol=1e-4)
+        assert torch.allclose(loaded.model((x - mean) / std), model(x)[0], atol=1e-4)
+    told = load_model(tmp_path / "export.pt", spec_overrides={"input_size": (32, 32), "mean": (0.5,) * 3})
+    assert told.spec.mean == loaded.spec.mean and "(--mean/--std ignored)" in told.notes[1]
     # a transform that is not (x - a) * b stays TorchScript, and the note says what would load eager
     torch.jit.script(_Squashed().eval()).save(str(tmp_path / "squashed.pt"))
     kept = load_model(tmp_path / "squashed.pt", spec_overrides={"input_size": (32, 32)})

@@ -150,7 +150,7 @@ def test_deepinversion_pixels_stay_in_range_and_export_calibrates_on_them(tmp_pa
 
 
 def test_generator_output_group_learns_at_its_multiple(tmp_path):
-    from edgekd.distill.loop import _lr_factor, _set_lr
+    from edgekd.distill.schedule import lr_factor, set_lr
 
     cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 10, "student": "resnet18-cifar",
                                                    "gen_output": "affine", "g_out_lr_mult": 50.0})
@@ -158,7 +158,7 @@ def test_generator_output_group_learns_at_its_multiple(tmp_path):
     main, out = d.m.opt_g.param_groups
     assert {id(p) for p in out["params"]} == {id(p) for p in d.m.generator.out_bn.parameters()}
     assert len(main["params"]) + 2 == len(list(d.m.generator.parameters()))
-    _set_lr(d.m.opt_g, cfg.lr_g * _lr_factor(cfg, 5, 0.0))  # the schedule keeps the ratio
+    set_lr(d.m.opt_g, cfg.lr_g * lr_factor(cfg, 5, 0.0))  # the schedule keeps the ratio
     assert out["lr"] == pytest.approx(50 * main["lr"]) and main["lr"] < cfg.lr_g
     plain = Distiller(_teacher(tmp_path), resolve_config("adversarial", overrides={**FAST, "iterations": 1,
                                                                                    "student": "resnet18-cifar"}),

@@ -11,7 +11,6 @@ import torch
 
 from edgekd.fileio import atomic_path
 from edgekd.models.checkpoint import save_checkpoint
-from edgekd.models.rebuild import Normalised
 from edgekd.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -69,10 +68,6 @@ def _save_teacher(d: Distiller) -> None:
     model = t.model.float().to(memory_format=torch.contiguous_format).cpu()
     if isinstance(model, torch.jit.ScriptModule):
         _jit_save(model, d.rundir / RunDir.TEACHER, d.run_id or "")
-    elif isinstance(model, Normalised):  # a TorchScript wrapper rebuilt eager: the user's file, as it was
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            _jit_save(torch.jit.load(str(t.path), map_location="cpu"), d.rundir / RunDir.TEACHER, d.run_id or "")
     elif t.format in ("edgekd", "state_dict", "torchscript"):  # torchscript here: rebuilt as a registered arch
         save_checkpoint(d.rundir / RunDir.TEACHER, model, t.spec,
                         {"source": str(t.path), "sha256": t.sha256, "run_id": d.run_id})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -136,3 +136,22 @@ def _grow_pool(d: Distiller, x: torch.Tensor, t_pred: torch.Tensor) -> None:
     if len(d.pool_x) > cap:
         keep = torch.randperm(len(d.pool_x), generator=d._pool_rng)[:cap].sort().values.to(x.device)
         d.pool_x, d.pool_t = d.pool_x[keep], d.pool_t[keep]
+
+
+def kept_student(d: Distiller, latest: Dict[str, Any]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The student the run saves, and its scores: the last one unless the best-scoring earlier one is
+    better on the pool beyond chance (earlier_is_better); the choice is a run event."""
+    chosen = d.m.final_student
+    if d.best_model is None or d.best_step == d.step:
+        return chosen, latest
+    better, counts = earlier_is_better(d, d.best_model, chosen)
+    if not better:
+        d._event(f"kept the last student: the best-scoring earlier one (step {d.best_step}) is not "
+                 f"better on earlier generators' images beyond chance ({counts})")
+        return chosen, {**latest, "best_step": d.step}
+    last = latest.get("agreement_pool", 0.0)
+    latest = evaluate(d, d.best_model)
+    d._event(f"kept the student of step {d.best_step}: it agrees with the teacher on "
+             f"{latest['agreement_pool']:.1%} of earlier generators' images, the last one on "
+             f"{last:.1%} ({counts})")
+    return d.best_model, latest

@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -82,14 +82,53 @@ def _read_cache() -> Dict[str, Any]:
         return {}
 
 
-def cached(key: str, measure: Callable[[], Any], valid: Callable[[Any], bool]) -> Tuple[Any, bool]:
+def _busy_seconds() -> Optional[float]:
+    """CPU time every core of this machine has spent busy (or stolen by the hypervisor) since boot;
+    None where /proc/stat does not exist."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShare:
+    """Whether a stretch of work was crowded out of the cores it asked for: the machine's cores all
+    busy and this process getting less than its threads' worth. Timings made so (a test suite beside a
+    run, more runs than cores) are used by the run that made them but not cached: a schedule timed
+    under contention once held a ResNet-34 run at 9 student steps per generator step where 3-4 fit
+    (benchmarks/TUNING.md round 20). Two one-thread runs on two cores each have theirs: not crowded."""
+
+    FULL = 0.9  # a share of the cores' (or the threads') time that counts as all of it
+
+    def __init__(self, device: torch.device = torch.device("cpu")) -> None:
+        self.device = device
+        self.wall, self.cpu, self.busy = time.perf_counter(), time.process_time(), _busy_seconds()
+
+    def crowded(self) -> bool:
+        busy = _busy_seconds()
+        if self.device.type != "cpu" or busy is None or self.busy is None:
+            return False  # a GPU's work is not this process's CPU time; no /proc/stat: nothing to judge by
+        wall = time.perf_counter() - self.wall
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        saturated = busy - self.busy >= self.FULL * cores * wall
+        wanted = min(torch.get_num_threads(), cores)
+        # /proc/stat counts in ticks of 10 ms: under half a second it cannot tell.
+        return wall > 0.5 and saturated and time.process_time() - self.cpu < self.FULL * wanted * wall
+
+
+def cached(key: str, measure: Callable[[], Any], valid: Callable[[Any], bool],
+           crowded: Callable[[], bool] = lambda: False) -> Tuple[Any, bool]:
     """The value cached under `key`, or `measure()` stored there; and whether it was cached. A cached
-    value that is not `valid` (an older edgekd's format, a hand edit) is measured again."""
+    value that is not `valid` (an older edgekd's format, a hand edit) is measured again; a value
+    measured while `crowded()` (other work on the cores) is returned but not stored."""
     cache = _read_cache()
     if key in cache and valid(cache[key]):
         return cache[key], True
     value = cache[key] = measure()
-    if launched_rank() == 0:  # under torchrun rank 0's choice is the run's (distributed.py): only it is kept
+    if launched_rank() == 0 and not crowded():  # under torchrun rank 0's choice is the run's: only it is kept
         try:
             write_json(cache_path(), cache)
         except OSError:  # a read-only home: measure again next time
@@ -110,6 +149,8 @@ def fastest_plan(model: nn.Module, name: str, role: str, shape: Tuple[int, ...],
     """The quickest plan for `model` in `role`, and a note saying what was measured."""
     if len(plans) == 1:
         return plans[0], ""
+    share = CpuShare(plans[0].device)
+
     def measure() -> List[float]:
         with torch.random.fork_rng(devices=[]):  # the run's random stream stays as if no probe ran
             return [_seconds(model, shape, batch, p, role) for p in plans]
@@ -117,7 +158,7 @@ def fastest_plan(model: nn.Module, name: str, role: str, shape: Tuple[int, ...],
     def valid(v: Any) -> bool:
         return isinstance(v, list) and len(v) == len(plans) and all(isinstance(t, (int, float)) for t in v)
 
-    seconds, hit = cached(plan_key(role, name, shape, batch, plans), measure, valid)
+    seconds, hit = cached(plan_key(role, name, shape, batch, plans), measure, valid, share.crowded)
     how = "cached" if hit else "measured"
     best = min(range(len(plans)), key=lambda i: seconds[i])
     timings = ", ".join(f"{p.reason} {s:.3f}s" for p, s in zip(plans, seconds))

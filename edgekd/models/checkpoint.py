@@ -22,7 +22,7 @@ import torch.nn as nn
 from edgekd.errors import InputFileError, ModelError, UsageError
 from edgekd.fileio import PathLike, atomic_path, sha256_file
 from edgekd.models.logits import as_classifier
-from edgekd.models.rebuild import Normalised, rebuild_eager
+from edgekd.models.rebuild import rebuild_eager
 from edgekd.models.registry import create_model, get_entry
 from edgekd.models.statedict import fit_state_dict
 from edgekd.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
@@ -202,15 +202,16 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
         model, channels = eager.model, eager.channels
         notes.append(eager.note)
         entry = get_entry(eager.arch)
-        if eager.normalises:  # the file's own code normalises: it takes images in [0, 1]
-            notes.append("the file normalises its input itself: real images are given to it in [0, 1] "
-                         "(mean 0, std 1) unless --mean/--std say otherwise")
-            mean, std = (0.0,) * channels, (1.0,) * channels
+        if eager.normalisation is not None:
+            # The file's own code normalises: its network, distilled on inputs so normalised, is what a
+            # state_dict of it with that mean/std would be; real images get the same normalisation.
+            mean, std = eager.normalisation
+            given = [overrides.pop(k, None) for k in ("mean", "std")]
+            notes.append(f"the file normalises its input itself: mean {_fmt(mean)}, std {_fmt(std)} are the teacher's"
+                         + (" (--mean/--std ignored)" if any(v is not None for v in given) else ""))
         else:
             mean, std = _fit(entry.default_mean, channels), _fit(entry.default_std, channels)
-        # A wrapper keeps its own name (what the user called it); a network alone, the registered one.
-        label = obj.original_name if isinstance(model, Normalised) else eager.arch
-        spec = ModelSpec(label, eager.classes, channels, entry.default_input_size, mean, std)
+        spec = ModelSpec(eager.arch, eager.classes, channels, entry.default_input_size, mean, std)
     elif isinstance(obj, nn.Module):
         fmt = "torchscript" if kind == "torchscript" else "pickle"
         if kind == "torchscript" and arch is None:
@@ -238,3 +239,7 @@ def _fit(values: Tuple[float, ...], channels: int) -> Tuple[float, ...]:
     if len(values) == channels:
         return tuple(values)
     return (sum(values) / len(values),) * channels
+
+
+def _fmt(values: Tuple[float, ...]) -> str:
+    return " / ".join(f"{v:.4g}" for v in values)

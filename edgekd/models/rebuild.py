@@ -3,8 +3,10 @@
 A TorchScript module takes no forward hooks. When the file's weights fit a registered architecture, the
 eager module is rebuilt and kept if its outputs equal the file's on random inputs. A wrapper around such a
 network (the common export: a per-channel normalisation in front, `net((x - mean) / std)`, perhaps a
-second output) is rebuilt as that normalisation and the eager network, the normalisation found among the
-wrapper's own tensors and kept on the same check. Anything else stays TorchScript, and the note says so.
+second output) gives the eager network alone and the normalisation as its input statistics, found among
+the wrapper's own tensors and kept on the same check: the teacher is then exactly what a state_dict of
+that network with that mean/std would be, and distils as it does. Anything else stays TorchScript, and
+the note says so.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import torch.nn as nn
 from edgekd.errors import ModelError
 from edgekd.models.logits import pick_logits
 from edgekd.models.registry import create_model, get_entry
-from edgekd.models.statedict import _by_position, _with_counters, infer_arch, infer_classes_channels
+from edgekd.models.statedict import by_position, infer_arch, infer_classes_channels, with_counters
 
 _MAX_CANDIDATES = 4  # wrapper tensors tried as mean / std: each pair costs a forward of 4 images
 
 
-class Normalised(nn.Module):
-    """A wrapper's normalisation in front of its network, rebuilt eager: net((x - shift) * scale)."""
+class _Normalised(nn.Module):
+    """A wrapper's normalisation in front of its network, for the check: net((x - shift) * scale)."""
 
     def __init__(self, net: nn.Module, shift: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
@@ -40,11 +42,13 @@ class Normalised(nn.Module):
 
 @dataclass
 class Rebuilt:
-    model: nn.Module
-    arch: str  # the registered architecture of the network inside
+    model: nn.Module  # the registered network (inside the wrapper, if any): it takes normalised images
+    arch: str
     classes: int
     channels: int
-    normalises: bool  # the file normalises inside, so it takes images in [0, 1]
+    # The wrapper's own normalisation as per-channel (mean, std), None when the file does none: the file
+    # takes raw images x and gives its network (x - mean) / std.
+    normalisation: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]
     note: str
 
 
@@ -52,14 +56,14 @@ def _fit(sd: Dict[str, torch.Tensor]) -> Optional[Tuple[str, int, int, Dict[str,
     """(architecture, classes, channels, weights under its keys) when `sd` fits one, by name or in order."""
     try:
         name, classes, channels = infer_arch(sd)
-        return name, classes, channels, _with_counters(sd, name, classes, channels)
+        return name, classes, channels, with_counters(sd, name, classes, channels)
     except ModelError:  # no fit by name (or not a classifier's weights): try by position
         pass
     try:
         classes, channels = infer_classes_channels(sd)
     except ModelError:
         return None
-    found = _by_position(sd, classes, channels)
+    found = by_position(sd, classes, channels)
     return None if found is None else (found[0], classes, channels, found[1])
 
 
@@ -107,6 +111,13 @@ def _normalisations(cands: List[Tuple[str, torch.Tensor]]) -> Iterator[Tuple[str
         yield (f"({a}){b}" if b else a), shift, scale
 
 
+def _statistics(shift: torch.Tensor, scale: torch.Tensor, channels: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(x - shift) * scale as per-channel (mean, std)."""
+    mean = shift.float().flatten().expand(channels) if shift.numel() == 1 else shift.float().flatten()
+    std = 1 / (scale.float().flatten().expand(channels) if scale.numel() == 1 else scale.float().flatten())
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def _wrapped(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Optional[Rebuilt], str]:
     """A wrapper whose submodule is a registered network: its normalisation found, or a note on why not."""
     sd = dict(scripted.state_dict())
@@ -120,13 +131,12 @@ def _wrapped(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Opti
         net = _eager(fit)
         x = _probe(channels, size, name)
         for how, shift, scale in _normalisations(_candidates(sd, path, channels)):
-            eager = Normalised(net, shift, scale).eval()
-            diff, tol, where = _max_diff(scripted, eager, x)
+            diff, tol, where = _max_diff(scripted, _Normalised(net, shift, scale).eval(), x)
             if diff <= tol:
                 normalises = how != "x"
-                return Rebuilt(eager, name, classes, channels, normalises,
+                return Rebuilt(net, name, classes, channels, _statistics(shift, scale, channels) if normalises else None,
                                f"TorchScript teacher rebuilt as eager {name} (its submodule {path!r})"
-                               + (f" behind the wrapper's normalisation {how}" if normalises else "")
+                               + (f" with the wrapper's normalisation {how} as its input statistics" if normalises else "")
                                + (f", {where} of its output as the logits" if where else "")
                                + f" (outputs equal on 4 random inputs, max |diff| {diff:.1e}): forward hooks "
                                "available"), ""
@@ -146,7 +156,7 @@ def rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple
         eager = _eager(fit)
         diff, tol, where = _max_diff(scripted, eager, _probe(channels, size, name))
         if diff <= tol:
-            return Rebuilt(eager, name, classes, channels, False,
+            return Rebuilt(eager, name, classes, channels, None,
                            f"TorchScript teacher rebuilt as eager {name}"
                            + (f" ({where} of its output as the logits)" if where else "")
                            + f" (outputs equal on 4 random inputs, max |diff| {diff:.1e}): forward hooks available"), ""

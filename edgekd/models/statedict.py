@@ -50,7 +50,7 @@ def _shape_mismatch(arch: str, sd: Dict[str, torch.Tensor], classes: int, channe
     return None
 
 
-def _with_counters(sd: Dict[str, torch.Tensor], arch: str, classes: int, channels: int) -> Dict[str, torch.Tensor]:
+def with_counters(sd: Dict[str, torch.Tensor], arch: str, classes: int, channels: int) -> Dict[str, torch.Tensor]:
     """`sd` with the BatchNorm counters it lacks set to 0, so load_state_dict can stay strict."""
     ref = _reference(arch, classes, channels)
     return {k: sd[k] if k in sd else torch.zeros((), dtype=torch.long) for k in ref}
@@ -87,8 +87,8 @@ def infer_arch(sd: Dict[str, torch.Tensor], arch: Optional[str] = None) -> Tuple
                      "or save the model as TorchScript (torch.jit.script(model).save(path))")
 
 
-def _by_position(sd: Dict[str, torch.Tensor], classes: int, channels: int,
-                 arches: Optional[List[str]] = None) -> Optional[Tuple[str, Dict[str, torch.Tensor]]]:
+def by_position(sd: Dict[str, torch.Tensor], classes: int, channels: int,
+                arches: Optional[List[str]] = None) -> Optional[Tuple[str, Dict[str, torch.Tensor]]]:
     """A registered architecture whose state_dict has the same tensors in the same order (names may
     differ, as in DAFL's LeNet-5: conv1..fc2), with `sd` renamed to its keys; None if none fits.
     BatchNorm counters are left out of the comparison and filled in."""
@@ -101,7 +101,7 @@ def _by_position(sd: Dict[str, torch.Tensor], classes: int, channels: int,
         keys = [k for k in ref if not _is_counter(k)]
         if [tuple(ref[k].shape) for k in keys] == shapes:
             renamed = dict(zip(keys, (v for k, v in sd.items() if not _is_counter(k))))
-            return name, _with_counters(renamed, name, classes, channels)
+            return name, with_counters(renamed, name, classes, channels)
     return None
 
 
@@ -136,9 +136,9 @@ def fit_state_dict(sd: Dict[str, torch.Tensor], arch: Optional[str] = None
         except ModelError as e:
             first_error = first_error or e
             continue
-        return name, classes, channels, _with_counters(cand, name, classes, channels), _prefix_note(prefix)
+        return name, classes, channels, with_counters(cand, name, classes, channels), _prefix_note(prefix)
     for prefix, cand in tries:
-        found = _by_position(cand, classes, channels, [get_entry(arch).name] if arch else None)
+        found = by_position(cand, classes, channels, [get_entry(arch).name] if arch else None)
         renamed = _renamed_few(cand, found[1]) if found else None
         if found and renamed is not None:
             note = (f"state_dict fits {found[0]} in order with {len(renamed)} key(s) renamed "
