@@ -69,6 +69,9 @@ class DistillConfig:
     adv_loss: str = "kl"
     bn_loss: str = "l2"  # l2: DeepInversion/DFQ's norm | kl: per-layer Gaussian KL (scale-free)
     bn_first: float = 1.0  # weight of the first BN layer's term (DeepInversion's first_bn_multiplier: 10)
+    # generator synthesizer: the BN term compares the running statistics with (1 - bn_mmt) x this batch's plus
+    # bn_mmt x an average of the batches before (Fast-Datafree / NAYER's bn_mmt): small batches' noise averaged
+    bn_mmt: float = 0.0
     kd_loss: str = "kl"
     tau: float = 1.0
     synthesizer: str = "generator"  # generator: one G | meta: Fast-Datafree's | inversion: DeepInversion's pixels | nayer
@@ -151,6 +154,8 @@ class DistillConfig:
             raise UsageError("eval_share must be in [0, 1]")
         if not 0 <= self.ema_decay < 1:
             raise UsageError("ema_decay must be in [0, 1)")
+        if not 0 <= self.bn_mmt < 1:
+            raise UsageError("bn_mmt must be in [0, 1)")
         if self.g_steps < 1 or self.s_steps < 1:
             raise UsageError("g_steps and s_steps must be >= 1")
         if not 0 <= self.g_warmup < 1:

@@ -14,13 +14,21 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 class BNStatsHook:
-    """Per-batch mean/var of every BatchNorm's input, with the layer's running statistics."""
+    """Per-batch mean/var of every BatchNorm's input, with the layer's running statistics.
 
-    def __init__(self, model: nn.Module) -> None:
+    With `momentum` r > 0 (Fast-Datafree / NAYER's bn_mmt) the batch's statistics are reported as
+    (1 - r) x this batch's + r x an average over the batches before, each layer's average moved by
+    `advance()` after a step: the loss then asks the average, not every small batch, to match."""
+
+    def __init__(self, model: nn.Module, momentum: float = 0.0) -> None:
         self.enabled = False
+        self.momentum = momentum
         self.stats: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._handles = [m.register_forward_hook(self._hook) for m in model.modules()
-                         if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+        self._layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+        self._index = {id(m): i for i, m in enumerate(self._layers)}
+        self._handles = [m.register_forward_hook(self._hook) for m in self._layers]
+        self._last: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # this step's (mean, var) per layer
+        self.average: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # the batches before, per layer
 
     def _hook(self, module: nn.Module, inputs: Tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
         if not self.enabled:
@@ -28,7 +36,28 @@ class BNStatsHook:
         x = inputs[0].float()
         mean = x.mean(dim=(0, 2, 3))
         var = x.permute(1, 0, 2, 3).flatten(1).var(1, unbiased=False)
+        i = self._index[id(module)]
+        self._last[i] = (mean.detach(), var.detach())
+        if self.momentum and i in self.average:
+            r, (avg_mean, avg_var) = self.momentum, self.average[i]
+            mean, var = (1 - r) * mean + r * avg_mean, (1 - r) * var + r * avg_var
         self.stats.append((mean, var, module.running_mean.float(), module.running_var.float()))
+
+    def advance(self) -> None:
+        """Fold the last step's statistics into the average (a no-op without momentum)."""
+        if not self.momentum:
+            return
+        r = self.momentum
+        for i, (mean, var) in self._last.items():
+            old = self.average.get(i)
+            self.average[i] = (mean, var) if old is None else (r * old[0] + (1 - r) * mean, r * old[1] + (1 - r) * var)
+        self._last = {}
+
+    def state_dict(self) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
+        return {i: (m.cpu(), v.cpu()) for i, (m, v) in self.average.items()}
+
+    def load_state_dict(self, state: Dict[int, Tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:
+        self.average = {int(i): (m.to(device), v.to(device)) for i, (m, v) in state.items()}
 
     def __len__(self) -> int:
         return len(self._handles)

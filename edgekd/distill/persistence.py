@@ -58,7 +58,8 @@ def _rank_state(d: Distiller) -> Dict[str, Any]:
     """What differs between ranks: the random streams and the replay memory."""
     return {"rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if d.plan.device.type == "cuda" else None,
-            "memory": _on_cpu(d.memory.state_dict()), "heldout": _on_cpu(d.heldout.state_dict())}
+            "memory": _on_cpu(d.memory.state_dict()), "heldout": _on_cpu(d.heldout.state_dict()),
+            "bn_average": d.bn_hook.state_dict() if d.bn_hook else {}}
 
 
 def save_checkpoint(d: Distiller) -> None:
@@ -80,6 +81,7 @@ def save_checkpoint(d: Distiller) -> None:
         "s_steps": [d.s_steps, d.s_steps_chosen], "batch": d.batch,
         "pool": {"x": d.pool_x.cpu(), "t": d.pool_t.cpu(), "rng": d._pool_rng.get_state()},
         "best": None if d.best_model is None else {"step": d.best_step, "state": d.best_model.state_dict()},
+        "bn_average": d.bn_hook.state_dict() if d.bn_hook else {},
         "world_size": d.world.size, "ranks": ranks[1:],
     }
     with atomic_path(d.rundir / RunDir.CHECKPOINT) as tmp:
@@ -141,6 +143,8 @@ def load_checkpoint(d: Distiller) -> None:
         dev = d.plan.device
         d.pool_x, d.pool_t = state["pool"]["x"].to(dev), state["pool"]["t"].to(dev)
         d._pool_rng.set_state(state["pool"]["rng"].cpu())
+    if d.bn_hook and state.get("bn_average"):
+        d.bn_hook.load_state_dict(state["bn_average"], d.plan.device)
     if state.get("best"):
         d.best_model = copy.deepcopy(d.m.final_student).requires_grad_(False)
         d.best_model.load_state_dict(state["best"]["state"])

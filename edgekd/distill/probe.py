@@ -97,8 +97,8 @@ def _busy_seconds() -> Optional[float]:
 class CpuShare:
     """Whether a stretch of work was crowded out of the cores it asked for: the machine's cores all
     busy and this process getting less than its threads' worth. Timings made so (a test suite beside a
-    run, more runs than cores) are used by the run that made them but not cached: a schedule timed
-    under contention once held a ResNet-34 run at 9 student steps per generator step where 3-4 fit
+    run, more runs than cores) are cached only until a timing on a quiet machine replaces them (cached()):
+    a schedule timed under contention once held a ResNet-34 run at 9 student steps per G step where 3-4 fit
     (benchmarks/TUNING.md round 20). Two one-thread runs on two cores each have theirs: not crowded."""
 
     FULL = 0.9  # a share of the cores' (or the threads') time that counts as all of it
@@ -119,16 +119,29 @@ class CpuShare:
         return wall > 0.5 and saturated and time.process_time() - self.cpu < self.FULL * wanted * wall
 
 
+_CROWDED = "_crowded"  # the keys whose value was measured while other work crowded the cores
+
+
 def cached(key: str, measure: Callable[[], Any], valid: Callable[[Any], bool],
            crowded: Callable[[], bool] = lambda: False) -> Tuple[Any, bool]:
     """The value cached under `key`, or `measure()` stored there; and whether it was cached. A cached
-    value that is not `valid` (an older edgekd's format, a hand edit) is measured again; a value
-    measured while `crowded()` (other work on the cores) is returned but not stored."""
+    value that is not `valid` (an older edgekd's format, a hand edit) is measured again. A value measured
+    while `crowded()` (other work on the cores) is kept only until a measurement on a quiet machine
+    replaces it; measured crowded again, the kept one is used, so runs on a busy machine still agree."""
     cache = _read_cache()
-    if key in cache and valid(cache[key]):
+    provisional = set(cache.get(_CROWDED, []))
+    had = key in cache and valid(cache[key])
+    if had and key not in provisional:
         return cache[key], True
-    value = cache[key] = measure()
-    if launched_rank() == 0 and not crowded():  # under torchrun rank 0's choice is the run's: only it is kept
+    value = measure()
+    if crowded():
+        if had:
+            return cache[key], True
+        provisional.add(key)
+    else:
+        provisional.discard(key)
+    cache[key], cache[_CROWDED] = value, sorted(provisional)
+    if launched_rank() == 0:  # under torchrun rank 0's choice is the run's (distributed.py): only it is kept
         try:
             write_json(cache_path(), cache)
         except OSError:  # a read-only home: measure again next time

@@ -42,7 +42,7 @@ def set_lr(opt: Optional[torch.optim.Optimizer], lr: float) -> None:
 def choose_schedule(d: Distiller, g_seconds: float, s_seconds: float, crowded: bool = False) -> None:
     """Student steps per G step so the student's time is about s_time_ratio x the generator's,
     between 1 and cfg.s_steps; then, with budget_g_steps, the batch. Timed while other work shared the
-    cores (`crowded`, probe.CpuShare): used by this run, not cached."""
+    cores (`crowded`, probe.CpuShare): kept until a run times it on a quiet machine."""
     cfg = d.cfg
     key = "s_steps|" + "|".join([plan_key(r, n, d.spec.input_shape, cfg.batch_size, [d.plans[r]])
                                  for r, n in (("teacher", d.spec.arch), ("student", cfg.student))]
@@ -54,7 +54,7 @@ def choose_schedule(d: Distiller, g_seconds: float, s_seconds: float, crowded: b
     d._event(f"step {d.step + 1}: {d.s_steps} student steps per generator step from here "
              + ("(cached for this setting)" if hit else
                 f"(G step {g_seconds:.3f}s, S step {s_seconds:.3f}s, S time up to {cfg.s_time_ratio:g}x G's, "
-                f"at most {cfg.s_steps}" + ("; other work shared the cores: not cached" if crowded else "") + ")"))
+                f"at most {cfg.s_steps}" + ("; other work shared the cores: timed again next run" if crowded else "") + ")"))
     choose_batch(d, key, g_seconds + d.s_steps * s_seconds, crowded)
 
 

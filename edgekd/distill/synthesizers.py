@@ -91,6 +91,8 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
         d.world.average_gradients(m.generator.parameters())
         d.scalers["g"].step(m.opt_g)
         d.scalers["g"].update()
+    if d.bn_hook:
+        d.bn_hook.advance()
     m.student.requires_grad_(True)
     d._last_batch = (x.detach(), t_logits.detach())
     terms["loss_g"] = loss.detach() if torch.is_tensor(loss) else torch.zeros(())
