@@ -192,8 +192,11 @@ def main() -> None:
     ap.add_argument("--mode", default="MNIST", choices=["MNIST", "cifar10", "cifar100"],
                     help="the reference's --dataset: which student and optimiser it builds (not a download)")
     ap.add_argument("--tag", default="")
-    ap.add_argument("extra", nargs="*", help="more arguments for DAFL-train.py after --, e.g. -- --batch_size 256")
-    args = ap.parse_args()
+    ap.epilog = "More arguments for DAFL-train.py go after --, e.g. -- --batch_size 256"
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)  # argparse takes no options after a positional list
+    args = ap.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]
     row = run(args)
     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
     with open(ROWS, "a") as f:
