@@ -36,17 +36,16 @@ class BNStatsHook:
         x = inputs[0].float()
         mean = x.mean(dim=(0, 2, 3))
         var = x.permute(1, 0, 2, 3).flatten(1).var(1, unbiased=False)
-        i = self._index[id(module)]
-        self._last[i] = (mean.detach(), var.detach())
-        if self.momentum and i in self.average:
-            r, (avg_mean, avg_var) = self.momentum, self.average[i]
-            mean, var = (1 - r) * mean + r * avg_mean, (1 - r) * var + r * avg_var
+        if self.momentum:
+            i = self._index[id(module)]
+            self._last[i] = (mean.detach(), var.detach())
+            if i in self.average:
+                r, (avg_mean, avg_var) = self.momentum, self.average[i]
+                mean, var = (1 - r) * mean + r * avg_mean, (1 - r) * var + r * avg_var
         self.stats.append((mean, var, module.running_mean.float(), module.running_var.float()))
 
     def advance(self) -> None:
-        """Fold the last step's statistics into the average (a no-op without momentum)."""
-        if not self.momentum:
-            return
+        """Fold the last step's statistics into the average (nothing is kept without momentum)."""
         r = self.momentum
         for i, (mean, var) in self._last.items():
             old = self.average.get(i)
