@@ -391,9 +391,13 @@ def test_a_timing_crowded_out_by_other_processes_is_replaced_by_a_quiet_one(tmp_
     import sys
     import time
 
-    from edgekd.distill.probe import CpuShare, cached
+    from edgekd.distill.probe import CpuShare, _busy_seconds, cached
 
     monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path / "cache"))
+    before = _busy_seconds()
+    time.sleep(0.5)
+    if before is None or _busy_seconds() - before > 0.25:  # the quiet half needs a quiet machine
+        pytest.skip("no /proc/stat, or other processes are busy on this machine")
     made = iter(range(100))
 
     def spin() -> int:  # a second of one core's work; each measurement gives another value
