@@ -209,7 +209,8 @@ def _batches(rs: List[Dict[str, Any]]) -> str:
     """The batches the runs took: budget_g_steps' choice (rows from round 18 on), else --set batch_size
     (or the reference DAFL script's --batch_size), else the default 256 that every earlier row ran at."""
     def batch(r: Dict[str, Any]) -> int:
-        sets, extra = r.get("sets", {}), list(r.get("sets", {}).get("extra", []))
+        sets = r.get("sets", {})
+        extra = list(sets.get("extra", []))
         named = extra[extra.index("--batch_size") + 1] if "--batch_size" in extra[:-1] else None
         return int(r.get("batch") or sets.get("batch_size") or named or 256)
 

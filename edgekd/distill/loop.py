@@ -273,12 +273,13 @@ class Distiller:
         # The first iteration with student steps after the first (warm, representative) is timed when
         # S steps follow their cost.
         timing = cfg.s_time_ratio > 0 and self.step >= 1 and not self.s_steps_chosen and not warm
-        share, t0 = CpuShare(self.plan.device), self._now(timing)
+        share = CpuShare(self.plan.device) if timing else None  # reads /proc/stat: only for the timed iteration
+        t0 = self._now(timing)
         terms.update(SYNTHESIZERS[cfg.synthesizer].run(self))
         t1 = self._now(timing)
         for i in range(0 if warm else self.s_steps):
             terms.update(student.student_step(self, first=i == 0))
-        if timing:
+        if share is not None:
             choose_schedule(self, t1 - t0, (self._now(timing) - t1) / self.s_steps, share.crowded())
         names = list(terms)
         # One sync per iteration; the mean over ranks, so every rank takes the same NaN/collapse decisions.
