@@ -114,11 +114,13 @@ def test_g_warmup_trains_the_generator_alone_first(tmp_path, monkeypatch):
 
 def test_a_term_the_synthesizer_lacks_is_zeroed_with_a_note(tmp_path):
     cfg = resolve_config("fast", overrides={**FAST, "iterations": 1, "student": "resnet18-cifar", "s_steps": 1,
-                                            "g_steps": 1, "w_div": 10.0, "w_bal": 2.0})
+                                            "g_steps": 1, "w_div": 10.0, "w_bal": 2.0, "bn_mmt": 0.9})
     distill(_bn_teacher(tmp_path), cfg, tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["w_div"] == 0 and config["w_bal"] == 0 and config["w_bn"] == PRESETS["fast"]["w_bn"]
     assert any("meta synthesizer (fast) has no div/bal term" in n for n in config["notes"]), config["notes"]
+    assert config["bn_mmt"] == 0 and any("bn_mmt acts with the generator synthesizer only" in n
+                                         for n in config["notes"]), config["notes"]
 
 
 def test_generator_and_replay_options_run_and_travel_to_export(tmp_path):

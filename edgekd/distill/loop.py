@@ -238,7 +238,7 @@ class Distiller:
 
     def _hooks(self, t: nn.Module, s: nn.Module) -> None:
         cfg = self.cfg
-        self.bn_hook = BNStatsHook(t, cfg.bn_mmt if cfg.synthesizer == "generator" else 0.0) if cfg.w_bn else None
+        self.bn_hook = BNStatsHook(t, cfg.bn_mmt) if cfg.w_bn else None
         self.feat_hook = ClassifierInputHook(t) if cfg.w_act or cfg.w_div else None
         if self.feat_hook is not None and not self.feat_hook.available:
             self.notes.append("teacher has no nn.Linear head: act and div weights set to 0")

@@ -70,10 +70,8 @@ def save_checkpoint(d: Distiller) -> None:
     state = {
         "edgekd_version": __version__, "step": d.step, "elapsed": d.elapsed,
         "measure_seconds": d.measure_seconds,
-        "models": d.m.state_dict(), "memory": d.memory.state_dict(), "heldout": d.heldout.state_dict(),
+        "models": d.m.state_dict(), **ranks[0],  # rank 0's own streams, memory and BN average at the top
         "scalers": {k: v.state_dict() for k, v in d.scalers.items()},
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if d.plan.device.type == "cuda" else None,
         "lr_scale": d.lr_scale, "collapse_run": d.collapse_run, "collapses": d.collapses, "events": d.events,
         "ema_updates": d.ema_updates,
         "teacher_sha256": d.teacher_info.sha256, "config": d.cfg.to_dict(),
@@ -81,7 +79,6 @@ def save_checkpoint(d: Distiller) -> None:
         "s_steps": [d.s_steps, d.s_steps_chosen], "batch": d.batch,
         "pool": {"x": d.pool_x.cpu(), "t": d.pool_t.cpu(), "rng": d._pool_rng.get_state()},
         "best": None if d.best_model is None else {"step": d.best_step, "state": d.best_model.state_dict()},
-        "bn_average": d.bn_hook.state_dict() if d.bn_hook else {},
         "world_size": d.world.size, "ranks": ranks[1:],
     }
     with atomic_path(d.rundir / RunDir.CHECKPOINT) as tmp:

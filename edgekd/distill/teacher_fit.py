@@ -27,6 +27,11 @@ def fit_config_to_teacher(d: Distiller, t: nn.Module) -> None:
                           "weight set to 0")
         for k in unused:
             setattr(cfg, f"w_{k}", 0.0)
+    if cfg.bn_mmt and cfg.synthesizer != "generator":
+        # The average spans batches of one generator; a synthesizer that starts each batch afresh has none.
+        d.notes.append(f"bn_mmt acts with the generator synthesizer only, not {cfg.synthesizer} ({cfg.method}): "
+                       "set to 0")
+        cfg.bn_mmt = 0.0
     scripted = isinstance(t, torch.jit.ScriptModule)
     if scripted and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at):
         d.notes.append("TorchScript teacher: forward hooks unavailable, so bn/act/div/at weights are 0")
