@@ -282,6 +282,32 @@ def test_torchscript_forward_argument_names_do_not_matter(tmp_path):
         assert torch.allclose(loaded.model((x - 0.5) / 1.0), model(x), atol=1e-5)
 
 
+class _WithAuxiliary(torch.nn.Module):
+    """A wrapper whose first registered submodule (a frozen copy kept for reference) is not the network it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.reference = create_model("lenet5", 10, 1)
+        self.net = create_model("lenet5", 10, 1)
+        self.register_buffer("mean", torch.full((1,), 0.5))
+        self.register_buffer("std", torch.full((1,), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def test_torchscript_wrapper_is_rebuilt_from_the_submodule_it_runs(tmp_path):
+    torch.manual_seed(0)
+    model = _WithAuxiliary().eval()
+    torch.jit.script(model).save(str(tmp_path / "aux.pt"))
+    loaded = load_model(tmp_path / "aux.pt", spec_overrides={"input_size": (32, 32)})
+    assert "rebuilt as eager lenet5 (its submodule 'net')" in loaded.notes[0], loaded.notes
+    x = torch.rand(2, 1, 32, 32)
+    mean, std = loaded.spec.mean[0], loaded.spec.std[0]
+    with torch.no_grad():
+        assert torch.allclose(loaded.model((x - mean) / std), model(x), atol=1e-4)
+
+
 class _ResNetExport(torch.nn.Module):
     """How ResNets are often exported: ImageNet-style normalisation inside, (logits, features) out."""
 

@@ -121,6 +121,7 @@ def _statistics(shift: torch.Tensor, scale: torch.Tensor, channels: int) -> Tupl
 def _wrapped(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Optional[Rebuilt], str]:
     """A wrapper whose submodule is a registered network: its normalisation found, or a note on why not."""
     sd = dict(scripted.state_dict())
+    note = ""  # why the first fitting submodule did not rebuild; a later one (an ensemble's second member) may
     for path, sub in scripted.named_modules():
         if not path or not isinstance(sub, torch.jit.ScriptModule):
             continue
@@ -141,10 +142,10 @@ def _wrapped(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Opti
                                + f" (outputs equal on 4 random inputs, max |diff| {diff:.1e}): forward hooks "
                                "available"), ""
         has_bn = any(k.endswith("running_mean") for k in sub.state_dict())
-        return None, (f" (its submodule {path!r} is a {name}, but the rest of its forward is more than a "
-                      f"normalisation edgekd can find: `torch.save(model.{path}.state_dict(), f)` would load as "
-                      f"{name}" + (" with hooks, so the BatchNorm prior works" if has_bn else "") + ")")
-    return None, ""
+        note = note or (f" (its submodule {path!r} is a {name}, but the rest of its forward is more than a "
+                          f"normalisation edgekd can find: `torch.save(model.{path}.state_dict(), f)` would load as "
+                        f"{name}" + (" with hooks, so the BatchNorm prior works" if has_bn else "") + ")")
+    return None, note
 
 
 def rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Optional[Rebuilt], str]:
