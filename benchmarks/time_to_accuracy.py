@@ -222,9 +222,8 @@ def _hours_apart(a: Dict[str, Any], b: Dict[str, Any]) -> float:
     return abs(stamp[0] - stamp[1]) / 3600
 
 
-def _cpu_kind(r: Dict[str, Any]) -> tuple:
-    cpu = r.get("cpu", {})
-    return cpu.get("cpu"), tuple(cpu.get("torch_flags", ()))
+def _machine(r: Dict[str, Any]) -> tuple:
+    return r["cpu"].get("cpu"), _cpu_kind(r["cpu"])
 
 
 def _against_reference(rows: List[Dict[str, Any]]) -> List[str]:
@@ -235,7 +234,7 @@ def _against_reference(rows: List[Dict[str, Any]]) -> List[str]:
     evaluation is an upper bound on that time)."""
     out = []
     for other in (r for r in rows if r["method"] == "reference-dafl"):
-        mine = [r for r in rows if r["method"] == "auto" and not r.get("sets") and _cpu_kind(r) == _cpu_kind(other)
+        mine = [r for r in rows if r["method"] == "auto" and not r.get("sets") and _machine(r) == _machine(other)
                 and r.get("torch_threads") == other.get("torch_threads")
                 and (r["teacher"], r["budget_s"], r["seed"]) == (other["teacher"], other["budget_s"], other["seed"])]
         if not mine:

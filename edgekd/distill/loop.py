@@ -107,7 +107,8 @@ def _generator_optimizer(g: Generator, cfg: DistillConfig) -> torch.optim.Optimi
     """Adam over G; with g_out_lr_mult, G's output scale and shift in a group of their own at that
     multiple of lr_g. At lr_g 1e-3 Adam moves a shift by ~1e-3 a step: 700 steps to reach the mean
     -0.74 of MNIST normalised with 0.5/0.5, longer than a CPU run; at 50x the BN prior's first layer
-    pins the input mean and spread within ~50 steps (benchmarks/TUNING.md round 8)."""
+    pins the input mean and spread within ~50 steps (benchmarks/TUNING.md round 8; the adversarial-bn
+    preset's lr_g is 3e-3 since round 21, and the head keeps its 50x)."""
     out = list(g.out_bn.parameters()) if cfg.g_out_lr_mult != 1 else []
     rest = [p for p in g.parameters() if all(p is not q for q in out)]
     groups = [{"params": rest}] + ([{"params": out, "lr_mult": cfg.g_out_lr_mult}] if out else [])
