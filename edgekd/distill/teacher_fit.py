@@ -28,7 +28,7 @@ def fit_config_to_teacher(d: Distiller, t: nn.Module) -> None:
         for k in unused:
             setattr(cfg, f"w_{k}", 0.0)
     if cfg.bn_mmt and cfg.synthesizer != "generator":
-        # The average spans batches of one generator; a synthesizer that starts each batch afresh has none.
+        # Only the generator synthesizer's step advances the average (synthesizers.generator_synthesis).
         d.notes.append(f"bn_mmt acts with the generator synthesizer only, not {cfg.synthesizer} ({cfg.method}): "
                        "set to 0")
         cfg.bn_mmt = 0.0

@@ -143,7 +143,7 @@ def _wrapped(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Opti
                                "available"), ""
         has_bn = any(k.endswith("running_mean") for k in sub.state_dict())
         note = note or (f" (its submodule {path!r} is a {name}, but the rest of its forward is more than a "
-                          f"normalisation edgekd can find: `torch.save(model.{path}.state_dict(), f)` would load as "
+                        f"normalisation edgekd can find: `torch.save(model.{path}.state_dict(), f)` would load as "
                         f"{name}" + (" with hooks, so the BatchNorm prior works" if has_bn else "") + ")")
     return None, note
 
