@@ -24,7 +24,7 @@ Reference formulations (docs/method.md and the public DataFree benchmark):
          -> 50.6% (seed 0; TUNING.md round 8). What `auto` picks for a teacher with readable BN statistics.
          lr_g 3e-3 (3x the adversarial preset's): under a CPU budget the generator makes only 220-370 steps,
          and at 1e-3 it reached the teacher's data late; same teacher, seed and sitting side by side, 10
-         minutes of one AVX2 core: WRN-16-2 71.9% -> 87.6%, photo10 ResNet-34 58.7% -> 67.5%, resnet18
+         minutes of one AVX2 core: WRN-16-2 71.9% -> 87.6%, photo10 ResNet-34 58.7 / 55.8% -> 67.5 / 54.7%, resnet18
          Fashion-MNIST 65.5 / 64.2% -> 69.7 / 67.5%, resnet34 64.7 / 63.7% -> 63.8 / 65.5% (TUNING.md round 21).
 - both adversarial presets, under a time budget: the batch shrinks (to 64 at least) where fewer than ~400
          generator steps of 256 would fit (budget_g_steps): on a 2-core AVX2 CPU, 10 minutes, the BN
