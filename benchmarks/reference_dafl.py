@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="More arguments for DAFL-train.py go after --, e.g. -- --batch_size 256")
     ap.add_argument("--dafl", required=True, help="checkout of huawei-noah/Data-Efficient-Model-Compression")
     ap.add_argument("teacher", choices=list(TEACHERS))
     ap.add_argument("seed", type=int)
@@ -192,7 +193,6 @@ def main() -> None:
     ap.add_argument("--mode", default="MNIST", choices=["MNIST", "cifar10", "cifar100"],
                     help="the reference's --dataset: which student and optimiser it builds (not a download)")
     ap.add_argument("--tag", default="")
-    ap.epilog = "More arguments for DAFL-train.py go after --, e.g. -- --batch_size 256"
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)  # argparse takes no options after a positional list
     args = ap.parse_args(argv[:cut])

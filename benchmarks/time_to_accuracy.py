@@ -239,8 +239,7 @@ def _against_reference(rows: List[Dict[str, Any]]) -> List[str]:
                 and (r["teacher"], r["budget_s"], r["seed"]) == (other["teacher"], other["budget_s"], other["seed"])]
         if not mine:
             continue
-        r = min(mine, key=lambda m: _hours_apart(m, other))
-        apart = _hours_apart(r, other)
+        apart, r = min(((_hours_apart(m, other), m) for m in mine), key=lambda pair: pair[0])
         sitting = "side by side" if apart <= 1 / 6 else f"{apart:.1f} h apart"
         reached = _time_to(r["curve"], other["accuracy"])
         when = "-" if reached is None else f"{reached:.0f} s ({other['budget_s'] / reached:.0f}x sooner)"

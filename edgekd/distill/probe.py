@@ -82,7 +82,7 @@ def _read_cache() -> Dict[str, Any]:
         return {}
 
 
-def _busy_seconds() -> Optional[float]:
+def busy_seconds() -> Optional[float]:
     """CPU time every core of this machine has spent busy (or stolen by the hypervisor) since boot;
     None where /proc/stat does not exist."""
     try:
@@ -105,10 +105,10 @@ class CpuShare:
 
     def __init__(self, device: torch.device = torch.device("cpu")) -> None:
         self.device = device
-        self.wall, self.cpu, self.busy = time.perf_counter(), time.process_time(), _busy_seconds()
+        self.wall, self.cpu, self.busy = time.perf_counter(), time.process_time(), busy_seconds()
 
     def crowded(self) -> bool:
-        busy = _busy_seconds()
+        busy = busy_seconds()
         if self.device.type != "cpu" or busy is None or self.busy is None:
             return False  # a GPU's work is not this process's CPU time; no /proc/stat: nothing to judge by
         wall = time.perf_counter() - self.wall

@@ -320,10 +320,12 @@ class Synthesizer:
     heldout: Callable[[Distiller], Optional[torch.Tensor]]  # images for agreement, never trained on
     trains_generator: bool  # False: no generator.pt; export calibrates on the run's saved images
     terms: Tuple[str, ...]  # the image-side loss weights (w_<term>) it uses; the run zeroes others, with a note
+    averages_bn: bool = False  # its step advances the BN hook's running average (bn_mmt); others get it zeroed
 
 
 SYNTHESIZERS: Dict[str, Synthesizer] = {
-    "generator": Synthesizer(generator_synthesis, generator_heldout, True, ("oh", "act", "div", "bal", "bn", "adv", "tv")),
+    "generator": Synthesizer(generator_synthesis, generator_heldout, True, ("oh", "act", "div", "bal", "bn", "adv", "tv"),
+                             averages_bn=True),
     "meta": Synthesizer(meta_synthesis, generator_heldout, True, ("oh", "bn", "adv")),
     "inversion": Synthesizer(inversion_synthesis, withheld_heldout, False, ("oh", "bn", "adv", "tv", "l2")),
     # NAYER's generator is re-initialised every g_life iterations: images withheld from the batches

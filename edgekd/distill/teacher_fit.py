@@ -27,10 +27,9 @@ def fit_config_to_teacher(d: Distiller, t: nn.Module) -> None:
                           "weight set to 0")
         for k in unused:
             setattr(cfg, f"w_{k}", 0.0)
-    if cfg.bn_mmt and cfg.synthesizer != "generator":
-        # Only the generator synthesizer's step advances the average (synthesizers.generator_synthesis).
-        d.notes.append(f"bn_mmt acts with the generator synthesizer only, not {cfg.synthesizer} ({cfg.method}): "
-                       "set to 0")
+    if cfg.bn_mmt and not SYNTHESIZERS[cfg.synthesizer].averages_bn:
+        d.notes.append(f"bn_mmt acts only where a synthesizer's step advances the average, not in {cfg.synthesizer} "
+                       f"({cfg.method}): set to 0")
         cfg.bn_mmt = 0.0
     scripted = isinstance(t, torch.jit.ScriptModule)
     if scripted and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at):
