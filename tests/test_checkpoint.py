@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -377,3 +379,81 @@ def test_torchscript_input_size_found_when_the_file_does_not_say(tmp_path):
     assert any("does on 28x28: taken as its input size" in n for n in loaded.notes)
     with pytest.raises(ModelError, match="does not run on a 1x32x32 input .*--input-size"):
         load_model(tmp_path / "net.pt", spec_overrides={"input_size": (32, 32)})
+
+
+def _export(model, example, path, dynamic_batch=False):
+    """A torch.export.save'd archive, as PyTorch now recommends saving a model for deployment."""
+    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    torch.export.save(torch.export.export(model.eval(), (example,), dynamic_shapes=shapes), path)
+    return path
+
+
+def test_exported_bn_teacher_is_rebuilt_eager_with_hooks_and_its_input_size(tmp_path):
+    """A .pt2 of a registered BN network, fixed to batch 2 and 16x16: rebuilt as the eager network (the
+    check runs its 4 images through the batch-2 graph in chunks), input size read from the sample."""
+    net = create_model("wrn16-2", 5, 3).eval()
+    path = _export(net, torch.randn(2, 3, 16, 16), tmp_path / "wrn.pt2")
+    loaded = load_model(path)
+    assert loaded.format == "exported" and type(loaded.model) is type(net)
+    assert loaded.spec.input_size == (16, 16) and loaded.spec.num_classes == 5
+    assert any("torch.export teacher rebuilt as eager wrn16-2" in n for n in loaded.notes), loaded.notes
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.modules())  # hooks: the BN prior
+    assert _same_outputs(net, loaded.model, (3, 16, 16))
+    # The same file under another name (a run directory keeps it as teacher.pt) loads the same.
+    (tmp_path / "teacher.pt").write_bytes(path.read_bytes())
+    assert load_model(tmp_path / "teacher.pt").format == "exported"
+
+
+class _Unregistered(torch.nn.Module):
+    """No registered architecture: BN inside, (logits, probabilities) out."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                                        torch.nn.Linear(128, 7))
+
+    def forward(self, x):
+        y = self.body(x)
+        return y, y.softmax(1)
+
+
+def test_exported_unregistered_teacher_runs_any_batch_without_hooks(tmp_path):
+    from edgekd.distill.presets import choose_method, teacher_facts
+    from edgekd.models.exported import ExportedTeacher
+
+    torch.manual_seed(0)
+    net = _Unregistered().eval()
+    loaded = load_model(_export(net, torch.randn(1, 1, 20, 20), tmp_path / "odd.pt2"))
+    assert loaded.format == "exported" and loaded.spec.input_size == (20, 20) and loaded.spec.num_classes == 7
+    inner = next(m for m in loaded.model.modules() if isinstance(m, ExportedTeacher))
+    assert inner.fixed_batch == 1  # exported at batch 1 without a dynamic batch dimension
+    x = torch.randn(5, 1, 20, 20, requires_grad=True)
+    out = loaded.model(x)
+    assert torch.allclose(out, net(x)[0], atol=1e-5)  # item 0 taken as the logits, 5 images in chunks
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # the generator learns through it
+    assert teacher_facts(loaded).compiled == "torch.export" and not teacher_facts(loaded).batchnorm
+    assert "torch.export" in choose_method(loaded)[1]
+    dynamic = load_model(_export(net, torch.randn(2, 1, 20, 20), tmp_path / "dyn.pt2", dynamic_batch=True))
+    assert next(m for m in dynamic.model.modules() if isinstance(m, ExportedTeacher)).fixed_batch is None
+
+
+def test_exported_archive_with_pickled_parts_needs_trust(tmp_path):
+    """torch.export.load unpickles some parts with code allowed: such an archive is refused unless
+    trusted, and nothing in it is unpickled before the refusal."""
+    import zipfile
+
+    path = _export(create_model("lenet5", 10, 1), torch.randn(2, 1, 32, 32), tmp_path / "ok.pt2")
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("data/sample_inputs/model.pt"):
+                # torch.save of a plain Python object: weights_only refuses it, a full unpickle would run it
+                buf = io.BytesIO()
+                torch.save(((_Unregistered,), {}), buf)
+                data = buf.getvalue()
+            dst.writestr(item, data)
+    with pytest.raises(InputFileError, match="pickled parts .*--trust-pickle"):
+        load_model(bad)

@@ -288,3 +288,31 @@ def test_torchscript_teacher_with_extra_argument_and_tuple_output(tmp_path, diga
         assert "digamma" in m["teacher_export"]["error"] and any("WARNING" in w for w in result.warnings)
         res = bench_bundles([tmp_path / "b"], BenchConfig(**FAST_BENCH))
         assert [r["model"] for r in res.rows] == ["student fp32"] and res.rows[0]["agreement"] is not None
+
+
+def test_torch_export_teacher_of_an_unregistered_class_distils_and_exports(tmp_path):
+    """A .pt2 (torch.export.save) of a class edgekd does not know, fixed to batch 1, (logits, probabilities)
+    out: distilled on logits through the graph in chunks, kept in the run as the user's file, and bundled
+    with a teacher ONNX that gives the file's logits at any batch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    original = _OddLeNet(False).eval()
+    ep = torch.export.export(original, (torch.randn(1, 1, 32, 32),))
+    torch.export.save(ep, tmp_path / "t.pt2")
+    loaded = load_model(tmp_path / "t.pt2", spec_overrides={"mean": (0.5,), "std": (0.5,)})
+    assert loaded.format == "exported" and loaded.spec.input_size == (32, 32)
+    run = tmp_path / "run"
+    cfg = resolve_config("auto", overrides=TINY, teacher=loaded)
+    assert cfg.method == "adversarial" and "torch.export" in cfg.method_choice
+    distill(loaded, cfg, run)
+    assert (run / RunDir.TEACHER).read_bytes() == (tmp_path / "t.pt2").read_bytes()
+    result = export_bundle(run, FP32, tmp_path / "b")
+    assert result.manifest["teacher_export"]["exported"]
+    session = ort.InferenceSession(str(tmp_path / "b" / "teacher.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 1, 32, 32)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = original(x)[0]
+    assert np.allclose(got, want.numpy(), atol=1e-4)

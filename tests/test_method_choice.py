@@ -33,7 +33,7 @@ def test_auto_picks_by_what_the_teacher_is(tmp_path):
     scripted = LoadedModel(torch.jit.script(create_model("wrn16-2", 5, 3).eval()), bn.spec, "torchscript",
                            tmp_path / "s.pt", "1" * 64)
     facts = teacher_facts(scripted)
-    assert facts.scripted and not facts.batchnorm  # no hooks: no BN prior to plan on
+    assert facts.compiled == "TorchScript" and not facts.batchnorm  # no hooks: no BN prior to plan on
     choices = {name: choose_method(t) for name, t in (("bn", bn), ("plain", plain), ("scripted", scripted))}
     assert all(method in PRESETS and why for method, why in choices.values())
     assert "BatchNorm" in choices["bn"][1] and "TorchScript" in choices["scripted"][1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
@@ -11,6 +12,7 @@ import torch
 
 from edgekd.fileio import atomic_path
 from edgekd.models.checkpoint import save_checkpoint
+from edgekd.models.exported import ExportedTeacher
 from edgekd.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -68,7 +70,12 @@ def _save_teacher(d: Distiller) -> None:
     model = t.model.float().to(memory_format=torch.contiguous_format).cpu()
     if isinstance(model, torch.jit.ScriptModule):
         _jit_save(model, d.rundir / RunDir.TEACHER, d.run_id or "")
-    elif t.format in ("edgekd", "state_dict", "torchscript"):  # torchscript here: rebuilt as a registered arch
+    elif t.format == "exported" and any(isinstance(m, ExportedTeacher) for m in model.modules()):
+        # An exported graph edgekd could not rebuild: the user's file as it is (loading finds the format
+        # by content, whatever the name).
+        with atomic_path(d.rundir / RunDir.TEACHER) as tmp:
+            shutil.copyfile(t.path, tmp)
+    elif t.format in ("edgekd", "state_dict", "torchscript", "exported"):  # compiled ones: rebuilt as a registered arch
         save_checkpoint(d.rundir / RunDir.TEACHER, model, t.spec,
                         {"source": str(t.path), "sha256": t.sha256, "run_id": d.run_id})
     else:  # a trusted pickle of an unregistered class: keep it scripted if possible

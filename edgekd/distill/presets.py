@@ -111,16 +111,17 @@ class TeacherFacts:
     """What the choice of preset looks at: known before any step runs."""
 
     batchnorm: bool  # BN layers whose statistics forward hooks can read (an eager module)
-    scripted: bool  # TorchScript that could not be rebuilt as a registered architecture: no hooks
+    compiled: str  # "TorchScript" / "torch.export": a graph not rebuilt as a registered architecture, no hooks
 
 
 def teacher_facts(teacher: LoadedModel) -> TeacherFacts:
-    import torch
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    scripted = isinstance(teacher.model, torch.jit.ScriptModule)
-    bn = not scripted and any(isinstance(m, _BatchNorm) for m in teacher.model.modules())
-    return TeacherFacts(batchnorm=bn, scripted=scripted)
+    from edgekd.models.exported import compiled_kind
+
+    compiled = compiled_kind(teacher.model) or ""
+    bn = not compiled and any(isinstance(m, _BatchNorm) for m in teacher.model.modules())
+    return TeacherFacts(batchnorm=bn, compiled=compiled)
 
 
 # First rule that matches wins. Measured in benchmarks/TUNING.md (rounds named in each reason).
@@ -128,8 +129,8 @@ AUTO_RULES: List[Tuple[Callable[[TeacherFacts], bool], str, str]] = [
     (lambda f: f.batchnorm, "adversarial-bn",
      "BatchNorm teacher: the adversarial preset with DeepInversion's BN prior (first layer x10, jitter) and "
      "the generator's output statistics fitted to it"),
-    (lambda f: f.scripted, "adversarial",
-     "TorchScript teacher without hooks: the adversarial preset on logits alone"),
+    (lambda f: bool(f.compiled), "adversarial",
+     "compiled teacher (TorchScript or torch.export) without hooks: the adversarial preset on logits alone"),
     (lambda f: True, "adversarial", "teacher without BatchNorm: the adversarial preset (no BN prior)"),
 ]
 

@@ -12,6 +12,7 @@ from edgekd.distill.generator import Generator
 from edgekd.distill.grey import channel_means
 from edgekd.distill.hooks import has_batchnorm
 from edgekd.distill.synthesizers import IMAGE_TERMS, SYNTHESIZERS
+from edgekd.models.exported import compiled_kind
 
 if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
@@ -31,9 +32,9 @@ def fit_config_to_teacher(d: Distiller, t: nn.Module) -> None:
         d.notes.append(f"bn_mmt acts only where a synthesizer's step advances the average, not in {cfg.synthesizer} "
                        f"({cfg.method}): set to 0")
         cfg.bn_mmt = 0.0
-    scripted = isinstance(t, torch.jit.ScriptModule)
-    if scripted and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at):
-        d.notes.append("TorchScript teacher: forward hooks unavailable, so bn/act/div/at weights are 0")
+    compiled = compiled_kind(t)
+    if compiled and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at):
+        d.notes.append(f"{compiled} teacher: forward hooks unavailable, so bn/act/div/at weights are 0")
         cfg.w_bn = cfg.w_act = cfg.w_div = cfg.w_at = 0.0
     if cfg.w_bn and not has_batchnorm(t):
         d.notes.append("teacher has no BatchNorm: bn weight set to 0")

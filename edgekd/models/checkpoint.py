@@ -4,6 +4,7 @@ Formats, detected from the file's content (never its name):
 - edgekd: torch.save'd dict {"format": "edgekd-checkpoint", arch, state_dict, spec, provenance}
 - state_dict: a plain torchvision-style state_dict (optionally wrapped in {"state_dict": ...})
 - torchscript: a torch.jit.save'd archive
+- exported: a torch.export.save'd archive (.pt2; exported.py: pickled parts only with trust_pickle)
 - pickle: a whole pickled nn.Module; loaded only with trust_pickle=True, since unpickling runs code.
 """
 
@@ -21,6 +22,7 @@ import torch.nn as nn
 
 from edgekd.errors import InputFileError, ModelError, UsageError
 from edgekd.fileio import PathLike, atomic_path, sha256_file
+from edgekd.models.exported import is_exported_program, load_exported
 from edgekd.models.logits import as_classifier
 from edgekd.models.rebuild import rebuild_eager
 from edgekd.models.registry import create_model, get_entry
@@ -56,10 +58,12 @@ def save_checkpoint(path: PathLike, model: nn.Module, spec: ModelSpec,
         torch.save(obj, tmp)
 
 
-def _is_torchscript(path: Path) -> bool:
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
+def _is_torchscript(names: List[str]) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+# What each kind of compiled file is called in notes; both are rebuilt as eager modules where they can be.
+_COMPILED = {"torchscript": "TorchScript", "exported": "torch.export"}
 
 
 def _is_onnx(path: Path) -> bool:
@@ -80,7 +84,13 @@ def _read_object(path: Path, trust_pickle: bool) -> Tuple[str, Any]:
     if path.stat().st_size == 0:
         raise InputFileError(f"{path} is empty: not a PyTorch checkpoint")
     try:
-        if zipfile.is_zipfile(path) and _is_torchscript(path):
+        names: List[str] = []
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        if is_exported_program(names):
+            return "exported", load_exported(path, trust_pickle)
+        if _is_torchscript(names):
             with warnings.catch_warnings():  # TorchScript is deprecated, but users still have such files
                 warnings.simplefilter("ignore", FutureWarning)
                 return "torchscript", torch.jit.load(str(path), map_location="cpu")
@@ -172,6 +182,13 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
     want_classes = overrides.pop("num_classes", None)
     provenance: Dict[str, Any] = {}
     notes: List[str] = []
+    source = None  # where a compiled file's weights are read, when obj wraps them (an exported graph)
+    if kind == "exported":
+        obj, sample = obj
+        source = obj.graph
+        if sample and len(sample) == 4 and overrides.get("input_size") is None:
+            overrides["input_size"] = tuple(sample[2:])
+            notes.append(f"input size {sample[2]}x{sample[3]}: the file's sample input (--input-size says otherwise)")
 
     if kind == "weights" and isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         fmt = "edgekd"
@@ -196,8 +213,9 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
         model.load_state_dict(weights)
         spec = ModelSpec(name, classes, channels, entry.default_input_size,
                          _fit(entry.default_mean, channels), _fit(entry.default_std, channels))
-    elif kind == "torchscript" and arch is None and (rebuilt := rebuild_eager(obj, overrides.get("input_size")))[0]:
-        fmt = "torchscript"
+    elif kind in _COMPILED and arch is None and (
+            rebuilt := rebuild_eager(obj, overrides.get("input_size"), _COMPILED[kind], source))[0]:
+        fmt = kind
         eager = rebuilt[0]
         model, channels = eager.model, eager.channels
         notes.append(eager.note)
@@ -213,8 +231,8 @@ def load_model(path: PathLike, arch: Optional[str] = None, trust_pickle: bool = 
             mean, std = _fit(entry.default_mean, channels), _fit(entry.default_std, channels)
         spec = ModelSpec(eager.arch, eager.classes, channels, entry.default_input_size, mean, std)
     elif isinstance(obj, nn.Module):
-        fmt = "torchscript" if kind == "torchscript" else "pickle"
-        if kind == "torchscript" and arch is None:
+        fmt = kind if kind in _COMPILED else "pickle"
+        if kind in _COMPILED and arch is None:
             notes.append(rebuilt[1])
         channels = _first_conv_channels(obj)
         model, picked, size = _runnable(obj, channels, overrides.get("input_size"), path)

@@ -1,11 +1,12 @@
-"""TorchScript teachers rebuilt as eager modules, so forward hooks (the BatchNorm prior, feature losses) work.
+"""TorchScript (and torch.export) teachers rebuilt as eager modules, so forward hooks (the BatchNorm prior,
+feature losses) work.
 
-A TorchScript module takes no forward hooks. When the file's weights fit a registered architecture, the
+A TorchScript module or exported graph takes no forward hooks. When the file's weights fit a registered architecture, the
 eager module is rebuilt and kept if its outputs equal the file's on random inputs. A wrapper around such a
 network (the common export: a per-channel normalisation in front, `net((x - mean) / std)`, perhaps a
 second output) gives the eager network alone and the normalisation as its input statistics, found among
 the wrapper's own tensors and kept on the same check: the teacher is then exactly what a state_dict of
-that network with that mean/std would be, and distils as it does. Anything else stays TorchScript, and
+that network with that mean/std would be, and distils as it does. Anything else stays as loaded, and
 the note says so.
 """
 
@@ -118,12 +119,13 @@ def _statistics(shift: torch.Tensor, scale: torch.Tensor, channels: int) -> Tupl
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _wrapped(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Optional[Rebuilt], str]:
+def _wrapped(scripted: nn.Module, source: nn.Module, size: Optional[Tuple[int, int]],
+             label: str) -> Tuple[Optional[Rebuilt], str]:
     """A wrapper whose submodule is a registered network: its normalisation found, or a note on why not."""
-    sd = dict(scripted.state_dict())
+    sd = dict(source.state_dict())
     note = ""  # why the first fitting submodule did not rebuild; a later one (an ensemble's second member) may
-    for path, sub in scripted.named_modules():
-        if not path or not isinstance(sub, torch.jit.ScriptModule):
+    for path, sub in source.named_modules():
+        if not path:
             continue
         fit = _fit(dict(sub.state_dict()))
         if fit is None:
@@ -136,7 +138,7 @@ def _wrapped(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Opti
             if diff <= tol:
                 normalises = how != "x"
                 return Rebuilt(net, name, classes, channels, _statistics(shift, scale, channels) if normalises else None,
-                               f"TorchScript teacher rebuilt as eager {name} (its submodule {path!r})"
+                               f"{label} teacher rebuilt as eager {name} (its submodule {path!r})"
                                + (f" with the wrapper's normalisation {how} as its input statistics" if normalises else "")
                                + (f", {where} of its output as the logits" if where else "")
                                + f" (outputs equal on 4 random inputs, max |diff| {diff:.1e}): forward hooks "
@@ -148,23 +150,27 @@ def _wrapped(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Opti
     return None, note
 
 
-def rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]]) -> Tuple[Optional[Rebuilt], str]:
-    """The file as an eager module with the same outputs, or None and a note on why it stays TorchScript."""
+def rebuild_eager(scripted: nn.Module, size: Optional[Tuple[int, int]], label: str = "TorchScript",
+                  source: Optional[nn.Module] = None) -> Tuple[Optional[Rebuilt], str]:
+    """The file as an eager module with the same outputs, or None and a note on why it stays as loaded.
+    `source`: the module whose weights and submodules are read, where `scripted` wraps it (an exported
+    program run in chunks of its batch size); outputs are always `scripted`'s."""
     scripted.eval()
-    fit = _fit(dict(scripted.state_dict()))
+    source = scripted if source is None else source
+    fit = _fit(dict(source.state_dict()))
     if fit is not None:
         name, classes, channels = fit[:3]
         eager = _eager(fit)
         diff, tol, where = _max_diff(scripted, eager, _probe(channels, size, name))
         if diff <= tol:
             return Rebuilt(eager, name, classes, channels, None,
-                           f"TorchScript teacher rebuilt as eager {name}"
+                           f"{label} teacher rebuilt as eager {name}"
                            + (f" ({where} of its output as the logits)" if where else "")
                            + f" (outputs equal on 4 random inputs, max |diff| {diff:.1e}): forward hooks available"), ""
-        return None, (f"TorchScript teacher: its weights fit {name} but its outputs differ from it "
-                      f"(max |diff| {diff:.2g}); kept as TorchScript, so no forward hooks")
-    rebuilt, why = _wrapped(scripted, size)
+        return None, (f"{label} teacher: its weights fit {name} but its outputs differ from it "
+                      f"(max |diff| {diff:.2g}); kept as {label}, so no forward hooks")
+    rebuilt, why = _wrapped(scripted, source, size, label)
     if rebuilt is not None:
         return rebuilt, ""
-    return None, "TorchScript teacher: its weights fit no registered architecture; kept as TorchScript" + why
+    return None, f"{label} teacher: its weights fit no registered architecture; kept as {label}" + why
 
