@@ -457,3 +457,27 @@ def test_exported_archive_with_pickled_parts_needs_trust(tmp_path):
             dst.writestr(item, data)
     with pytest.raises(InputFileError, match="pickled parts .*--trust-pickle"):
         load_model(bad)
+
+
+def test_safetensors_state_dict_loads_without_pickle(tmp_path):
+    """A state_dict written by Hugging Face's safetensors (as timm and the Hub ship weights) loads as the
+    torchvision network it fits, float16 included; a truncated one is a one-line error."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    net = create_model("resnet18", 10, 3).eval()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt"})
+    loaded = load_model(tmp_path / "model.safetensors", spec_overrides={"input_size": (32, 32)})
+    assert loaded.format == "state_dict" and loaded.spec.arch == "resnet18" and loaded.spec.num_classes == 10
+    assert _same_outputs(net, loaded.model, (3, 32, 32))
+    small = create_model("lenet5", 10, 1).eval()
+    save_file({k: v.half() for k, v in small.state_dict().items()}, str(tmp_path / "half.safetensors"))
+    half = load_model(tmp_path / "half.safetensors")
+    assert half.spec.arch == "lenet5"
+    for k, v in small.state_dict().items():
+        assert torch.equal(half.model.state_dict()[k], v.half().float()), k
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputFileError, match="truncated or corrupt"):
+        load_model(tmp_path / "cut.safetensors")

@@ -2,7 +2,8 @@
 
 Formats, detected from the file's content (never its name):
 - edgekd: torch.save'd dict {"format": "edgekd-checkpoint", arch, state_dict, spec, provenance}
-- state_dict: a plain torchvision-style state_dict (optionally wrapped in {"state_dict": ...})
+- state_dict: a plain torchvision-style state_dict (optionally wrapped in {"state_dict": ...}), saved with
+  torch.save or as safetensors (safetensors_file.py)
 - torchscript: a torch.jit.save'd archive
 - exported: a torch.export.save'd archive (.pt2; exported.py: pickled parts only with trust_pickle)
 - pickle: a whole pickled nn.Module; loaded only with trust_pickle=True, since unpickling runs code.
@@ -26,6 +27,7 @@ from edgekd.models.exported import is_exported_program, load_exported
 from edgekd.models.logits import as_classifier
 from edgekd.models.rebuild import rebuild_eager
 from edgekd.models.registry import create_model, get_entry
+from edgekd.models.safetensors_file import is_safetensors, read_safetensors
 from edgekd.models.statedict import fit_state_dict
 from edgekd.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
@@ -96,6 +98,8 @@ def _read_object(path: Path, trust_pickle: bool) -> Tuple[str, Any]:
                 return "torchscript", torch.jit.load(str(path), map_location="cpu")
     except (zipfile.BadZipFile, RuntimeError) as e:
         raise InputFileError(f"{path} is truncated or corrupt ({str(e).splitlines()[0][:80]})") from None
+    if is_safetensors(path):  # a state_dict in Hugging Face's format (timm, the Hub): read without pickle
+        return "weights", read_safetensors(path)
     try:
         return "weights", torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler raises KeyError, EOFError, RuntimeError... on junk

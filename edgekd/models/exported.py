@@ -76,11 +76,10 @@ class ExportedTeacher(nn.Module):
 
     original_name = "ExportedProgram"
 
-    def __init__(self, graph: nn.Module, fixed_batch: Optional[int], path: Path) -> None:
+    def __init__(self, graph: nn.Module, fixed_batch: Optional[int]) -> None:
         super().__init__()
         self.graph = graph
         self.fixed_batch = fixed_batch
-        self.path = path  # the file, copied into the run directory as it is (artifacts._save_teacher)
 
     def train(self, mode: bool = True) -> ExportedTeacher:
         # An exported graph refuses train()/eval(): its BatchNorm and dropout are in the mode it was
@@ -130,7 +129,7 @@ def load_exported(path: Path, trust_pickle: bool) -> Tuple[ExportedTeacher, Opti
         first = (str(e).splitlines() or [type(e).__name__])[0][:100]
         raise InputFileError(f"{path}: the torch.export archive could not be loaded ({first}); "
                              "save a state_dict of the model instead") from None
-    return ExportedTeacher(graph, _fixed_batch(graph, shape), path), shape
+    return ExportedTeacher(graph, _fixed_batch(graph, shape)), shape
 
 
 def _fixed_batch(graph: nn.Module, shape: Optional[Tuple[int, ...]]) -> Optional[int]:

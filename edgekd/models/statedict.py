@@ -5,6 +5,7 @@ with a few keys renamed. Shared by the file loader (checkpoint.py) and the Torch
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -13,8 +14,25 @@ from edgekd.errors import ModelError
 from edgekd.models.registry import create_model, get_entry, list_models
 
 
-def infer_classes_channels(sd: Dict[str, torch.Tensor]) -> Tuple[int, int]:
-    """Classes from the last 2-D weight (the classifier), channels from the first 4-D weight (the stem)."""
+@functools.lru_cache(maxsize=None)
+def _head_and_stem(arch: str) -> Tuple[str, str]:
+    """The names of `arch`'s classifier weight (its last 2-D one) and stem weight (its first 4-D one)."""
+    ref = _reference(arch, 10, 3)
+    return ([k for k, v in ref.items() if k.endswith("weight") and v.dim() == 2][-1],
+            [k for k, v in ref.items() if k.endswith("weight") and v.dim() == 4][0])
+
+
+def infer_classes_channels(sd: Dict[str, torch.Tensor], arch: Optional[str] = None) -> Tuple[int, int]:
+    """Classes from the classifier's weight, channels from the stem's: for `arch`, its own names for them
+    where `sd` has those (files that sort their keys, as safetensors does, lose the order); otherwise the
+    last 2-D weight and the first 4-D one in `sd`'s order."""
+    if arch is not None:
+        try:
+            head, stem = _head_and_stem(arch)
+        except Exception:  # no 2-D classifier (a conv head) or a model meta tensors cannot build: by order
+            head = stem = ""
+        if head in sd and stem in sd and sd[head].dim() == 2 and sd[stem].dim() == 4:
+            return int(sd[head].shape[0]), int(sd[stem].shape[1])
     mats = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 2]
     convs = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 4]
     if not mats or not convs:
@@ -73,14 +91,16 @@ def _prefixes_stripped(sd: Dict[str, torch.Tensor]) -> List[Tuple[str, Dict[str,
 
 def infer_arch(sd: Dict[str, torch.Tensor], arch: Optional[str] = None) -> Tuple[str, int, int]:
     """The registered architecture whose state_dict has exactly `sd`'s names and shapes."""
-    classes, channels = infer_classes_channels(sd)
     if arch is not None:
         name = get_entry(arch).name
+        classes, channels = infer_classes_channels(sd, name)
         why = _shape_mismatch(name, sd, classes, channels)
         if why:
             raise ModelError(f"the state_dict does not fit {name}: {why}")
         return name, classes, channels
+    infer_classes_channels(sd)  # not an image classifier at all: say so rather than "fits nothing"
     for name in list_models():
+        classes, channels = infer_classes_channels(sd, name)
         if _shape_mismatch(name, sd, classes, channels) is None:
             return name, classes, channels
     raise ModelError("the state_dict fits no registered architecture: name it with --teacher-arch, "
