@@ -38,20 +38,27 @@ def is_exported_program(names: List[str]) -> bool:
 
 
 def pickled_parts(zf: zipfile.ZipFile) -> List[str]:
-    """The archive's parts that torch.export.load would unpickle with code execution allowed."""
+    """The archive's parts that torch.export.load would unpickle with code execution allowed: entries its
+    payload configs mark as pickled or custom objects, and any .pt member (sample inputs, legacy constants)
+    that a weights-only load refuses (torch falls back to a full unpickle there)."""
     found = []
     for name in zf.namelist():
         inside = name.split("/", 1)[-1]
         if inside.startswith(_CONFIGS) and name.endswith("_config.json"):
-            for fqn, meta in json.loads(zf.read(name)).get("config", {}).items():
+            try:
+                entries = json.loads(zf.read(name)).get("config", {}).items()
+            except (ValueError, AttributeError):
+                found.append(inside)
+                continue
+            for fqn, meta in entries:
                 if meta.get("use_pickle") or (inside.startswith("data/constants/")
                                               and not str(meta.get("path_name", "")).startswith(_TENSOR_CONSTANT)):
                     found.append(fqn)
-        elif inside.startswith(_SAMPLES):
-            try:  # torch.export.load tries weights_only=True first, then falls back to a full unpickle
+        elif name.endswith(".pt"):
+            try:
                 torch.load(io.BytesIO(zf.read(name)), map_location="cpu", weights_only=True)
             except Exception:
-                found.append(f"sample inputs {inside[len(_SAMPLES):]}")
+                found.append(inside)
     return found
 
 
