@@ -12,7 +12,7 @@ import torch
 
 from edgekd.fileio import atomic_path
 from edgekd.models.checkpoint import save_checkpoint
-from edgekd.models.exported import ExportedTeacher
+from edgekd.models.exported import compiled_kind
 from edgekd.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def _save_teacher(d: Distiller) -> None:
     model = t.model.float().to(memory_format=torch.contiguous_format).cpu()
     if isinstance(model, torch.jit.ScriptModule):
         _jit_save(model, d.rundir / RunDir.TEACHER, d.run_id or "")
-    elif t.format == "exported" and any(isinstance(m, ExportedTeacher) for m in model.modules()):
+    elif compiled_kind(model) == "torch.export":
         # An exported graph edgekd could not rebuild: the user's file as it is (loading finds the format
         # by content, whatever the name).
         with atomic_path(d.rundir / RunDir.TEACHER) as tmp:

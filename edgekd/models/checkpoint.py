@@ -27,7 +27,7 @@ from edgekd.models.exported import is_exported_program, load_exported
 from edgekd.models.logits import as_classifier
 from edgekd.models.rebuild import rebuild_eager
 from edgekd.models.registry import create_model, get_entry
-from edgekd.models.safetensors_file import is_safetensors, read_safetensors
+from edgekd.models.safetensors_file import read_safetensors
 from edgekd.models.statedict import fit_state_dict
 from edgekd.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
@@ -98,8 +98,9 @@ def _read_object(path: Path, trust_pickle: bool) -> Tuple[str, Any]:
                 return "torchscript", torch.jit.load(str(path), map_location="cpu")
     except (zipfile.BadZipFile, RuntimeError) as e:
         raise InputFileError(f"{path} is truncated or corrupt ({str(e).splitlines()[0][:80]})") from None
-    if is_safetensors(path):  # a state_dict in Hugging Face's format (timm, the Hub): read without pickle
-        return "weights", read_safetensors(path)
+    tensors = read_safetensors(path)  # a state_dict in Hugging Face's format (timm, the Hub): no pickle
+    if tensors is not None:
+        return "weights", tensors
     try:
         return "weights", torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler raises KeyError, EOFError, RuntimeError... on junk

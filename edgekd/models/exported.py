@@ -37,11 +37,13 @@ def is_exported_program(names: List[str]) -> bool:
         "/models/" in n and n.endswith(".json") for n in names)
 
 
-def pickled_parts(zf: zipfile.ZipFile) -> List[str]:
-    """The archive's parts that torch.export.load would unpickle with code execution allowed: entries its
-    payload configs mark as pickled or custom objects, and any .pt member (sample inputs, legacy constants)
-    that a weights-only load refuses (torch falls back to a full unpickle there)."""
-    found = []
+def read_archive(zf: zipfile.ZipFile) -> Tuple[List[str], Optional[Tuple[int, ...]]]:
+    """(the parts torch.export.load would unpickle with code execution allowed, the shape of the first
+    positional sample input the program was exported with, if readable). Pickled parts: entries the payload
+    configs mark as pickled or custom objects, and any .pt member (sample inputs, legacy constants) that a
+    weights-only load refuses (torch falls back to a full unpickle there)."""
+    found: List[str] = []
+    shape = None
     for name in zf.namelist():
         inside = name.split("/", 1)[-1]
         if inside.startswith(_CONFIGS) and name.endswith("_config.json"):
@@ -56,25 +58,20 @@ def pickled_parts(zf: zipfile.ZipFile) -> List[str]:
                     found.append(fqn)
         elif name.endswith(".pt"):
             try:
-                torch.load(io.BytesIO(zf.read(name)), map_location="cpu", weights_only=True)
+                loaded = torch.load(io.BytesIO(zf.read(name)), map_location="cpu", weights_only=True)
             except Exception:
                 found.append(inside)
-    return found
+                continue
+            if shape is None and inside.startswith(_SAMPLES):
+                shape = _first_shape(loaded)
+    return found, shape
 
 
-def sample_shape(zf: zipfile.ZipFile) -> Optional[Tuple[int, ...]]:
-    """The shape of the first positional sample input the program was exported with, if readable."""
-    for name in zf.namelist():
-        if name.split("/", 1)[-1].startswith(_SAMPLES):
-            try:
-                args = torch.load(io.BytesIO(zf.read(name)), map_location="cpu", weights_only=True)
-            except Exception:
-                return None
-            first = args[0] if isinstance(args, (tuple, list)) and args else None
-            while isinstance(first, (tuple, list)) and first:
-                first = first[0]
-            return tuple(first.shape) if torch.is_tensor(first) else None
-    return None
+def _first_shape(args: Any) -> Optional[Tuple[int, ...]]:
+    first = args[0] if isinstance(args, (tuple, list)) and args else None
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    return tuple(first.shape) if torch.is_tensor(first) else None
 
 
 class ExportedTeacher(nn.Module):
@@ -120,8 +117,7 @@ def _cat(outs: List[Any], n: int) -> Any:
 def load_exported(path: Path, trust_pickle: bool) -> Tuple[ExportedTeacher, Optional[Tuple[int, ...]]]:
     """(the program as a module, the shape of its sample input) from a torch.export archive."""
     with zipfile.ZipFile(path) as zf:
-        risky = pickled_parts(zf)
-        shape = sample_shape(zf)
+        risky, shape = read_archive(zf)
     if risky and not trust_pickle:
         raise InputFileError(
             f"{path} is a torch.export archive with pickled parts ({', '.join(risky[:3])}) and unpickling runs "

@@ -12,7 +12,7 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, BinaryIO, Dict, Optional, Tuple
 
 import torch
 
@@ -24,44 +24,38 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 _MAX_HEADER = 100 * 2 ** 20  # the format's own limit on the JSON header
 
 
-def _header(path: Path) -> Optional[Dict[str, Any]]:
-    """The JSON header when the file is laid out as safetensors, else None."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return None
-        (n,) = struct.unpack("<Q", head)
-        if not 2 <= n <= min(_MAX_HEADER, size - 8):
-            return None
-        first = f.read(1)
-        if first != b"{":
-            return None
-        try:
-            header = json.loads(first + f.read(n - 1))
-        except (UnicodeDecodeError, ValueError):
-            return None
+def _header(f: BinaryIO, size: int) -> Optional[Tuple[int, Dict[str, Any]]]:
+    """(header length, JSON header) when the open file is laid out as safetensors, else None."""
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head)
+    if not 2 <= n <= min(_MAX_HEADER, size - 8):
+        return None
+    first = f.read(1)
+    if first != b"{":
+        return None
+    try:
+        header = json.loads(first + f.read(n - 1))
+    except (UnicodeDecodeError, ValueError):
+        return None
     if not isinstance(header, dict):
         return None
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     if not all(isinstance(v, dict) and {"dtype", "shape", "data_offsets"} <= set(v) for v in entries.values()):
         return None
-    return header
+    return n, header
 
 
-def is_safetensors(path: Path) -> bool:
-    return _header(path) is not None
-
-
-def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
-    """Every tensor in the file, by name, checked against the file's size and its dtype's width."""
-    header = _header(path)
-    if header is None:
-        raise InputFileError(f"{path} is not a safetensors file")
+def read_safetensors(path: Path) -> Optional[Dict[str, torch.Tensor]]:
+    """Every tensor in the file, by name, checked against the file's size and its dtype's width; None when
+    the file is not safetensors (the header is read once: only a file that has one is read further)."""
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        f.seek(8 + n)
-        data = f.read()
+        found = _header(f, path.stat().st_size)
+        if found is None:
+            return None
+        n, header = found
+        data = f.read()  # the header's n bytes are read: the data follows
     out: Dict[str, torch.Tensor] = {}
     for name, meta in header.items():
         if name == "__metadata__":

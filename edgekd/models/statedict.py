@@ -14,30 +14,35 @@ from edgekd.errors import ModelError
 from edgekd.models.registry import create_model, get_entry, list_models
 
 
+def _head_and_stem_keys(sd: Dict[str, torch.Tensor]) -> Tuple[str, str]:
+    """The keys of the classifier weight (the last 2-D weight) and the stem weight (the first 4-D one), in
+    `sd`'s order."""
+    mats = [k for k, v in sd.items() if k.endswith("weight") and v.dim() == 2]
+    convs = [k for k, v in sd.items() if k.endswith("weight") and v.dim() == 4]
+    if not mats or not convs:
+        raise ModelError("state_dict has no convolution or linear classifier weights: not an image classifier")
+    return mats[-1], convs[0]
+
+
 @functools.lru_cache(maxsize=None)
-def _head_and_stem(arch: str) -> Tuple[str, str]:
-    """The names of `arch`'s classifier weight (its last 2-D one) and stem weight (its first 4-D one)."""
-    ref = _reference(arch, 10, 3)
-    return ([k for k, v in ref.items() if k.endswith("weight") and v.dim() == 2][-1],
-            [k for k, v in ref.items() if k.endswith("weight") and v.dim() == 4][0])
+def _arch_head_and_stem(arch: str) -> Tuple[str, str]:
+    """`arch`'s own names for its classifier and stem weights (its reference state_dict is in order)."""
+    return _head_and_stem_keys(_reference(arch, 10, 3))
 
 
 def infer_classes_channels(sd: Dict[str, torch.Tensor], arch: Optional[str] = None) -> Tuple[int, int]:
     """Classes from the classifier's weight, channels from the stem's: for `arch`, its own names for them
     where `sd` has those (files that sort their keys, as safetensors does, lose the order); otherwise the
     last 2-D weight and the first 4-D one in `sd`'s order."""
+    head = stem = ""
     if arch is not None:
         try:
-            head, stem = _head_and_stem(arch)
+            head, stem = _arch_head_and_stem(arch)
         except Exception:  # no 2-D classifier (a conv head) or a model meta tensors cannot build: by order
-            head = stem = ""
-        if head in sd and stem in sd and sd[head].dim() == 2 and sd[stem].dim() == 4:
-            return int(sd[head].shape[0]), int(sd[stem].shape[1])
-    mats = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 2]
-    convs = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 4]
-    if not mats or not convs:
-        raise ModelError("state_dict has no convolution or linear classifier weights: not an image classifier")
-    return int(mats[-1].shape[0]), int(convs[0].shape[1])
+            pass
+    if not (head in sd and stem in sd and sd[head].dim() == 2 and sd[stem].dim() == 4):
+        head, stem = _head_and_stem_keys(sd)
+    return int(sd[head].shape[0]), int(sd[stem].shape[1])
 
 
 def _reference(arch: str, classes: int, channels: int) -> Dict[str, torch.Tensor]:
