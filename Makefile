@@ -8,9 +8,10 @@ setup:
 demo:
 	@VENV=$$(scripts/setup.sh) && scripts/demo.sh "$$VENV"
 
+# PYTEST_ARGS narrows the run (.ci/run's AVX2-capped pass); empty: the whole suite.
 test:
 	@VENV=$$(scripts/setup.sh) && "$$VENV/bin/ruff" check edgekd tests scripts benchmarks && \
-	  PATH="$$VENV/bin:$$PATH" "$$VENV/bin/python" -m pytest
+	  PATH="$$VENV/bin:$$PATH" "$$VENV/bin/python" -m pytest $(PYTEST_ARGS)
 
 lint:
 	@VENV=$$(scripts/setup.sh) && "$$VENV/bin/ruff" check edgekd tests scripts benchmarks
