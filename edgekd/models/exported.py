@@ -127,24 +127,25 @@ def load_exported(path: Path, trust_pickle: bool) -> Tuple[ExportedTeacher, Opti
             warnings.simplefilter("ignore")
             # From bytes: torch.export.load takes a path only when it ends in .pt2, and a run directory keeps
             # the file as teacher.pt.
-            graph = torch.export.load(io.BytesIO(path.read_bytes())).module()
+            program = torch.export.load(io.BytesIO(path.read_bytes()))
+            graph = program.module()
     except Exception as e:  # a damaged or foreign-version archive fails in many ways
         first = (str(e).splitlines() or [type(e).__name__])[0][:100]
         raise InputFileError(f"{path}: the torch.export archive could not be loaded ({first}); "
                              "save a state_dict of the model instead") from None
-    return ExportedTeacher(graph, _fixed_batch(graph, shape)), shape
+    return ExportedTeacher(graph, _fixed_batch(program)), shape
 
 
-def _fixed_batch(graph: nn.Module, shape: Optional[Tuple[int, ...]]) -> Optional[int]:
-    """The batch size the graph insists on: the sample's, unless one more image also runs."""
-    if not shape or len(shape) != 4:
-        return None
-    try:
-        with torch.no_grad():
-            graph(torch.zeros(shape[0] + 1, *shape[1:]))
-        return None
-    except Exception:  # a guard on the batch dimension (AssertionError or RuntimeError)
-        return shape[0]
+def _fixed_batch(program: torch.export.ExportedProgram) -> Optional[int]:
+    """The batch size the graph insists on: its image input's first dimension where that is a number (exported
+    without a dynamic batch Dim; a symbol where it has one). Read from the graph, no forward run."""
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            val = node.meta.get("val")
+            if torch.is_tensor(val) and val.dim() == 4 and isinstance(val.shape[0], int):
+                return int(val.shape[0])
+            return None
+    return None
 
 
 def compiled_kind(model: nn.Module) -> Optional[str]:
