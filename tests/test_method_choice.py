@@ -63,6 +63,25 @@ def test_auto_choice_is_recorded_and_a_named_method_clears_it(tmp_path):
     assert named.method == "dafl" and named.method_choice == ""
 
 
+def test_a_batchnorm_student_learns_at_the_presets_bn_rate_unless_the_user_names_one(tmp_path):
+    t = _teacher(tmp_path)
+    bn = resolve_config("auto", overrides={"iterations": 1, "student": "mobilenet_v2"}, teacher=t)
+    preset = PRESETS[bn.method]
+    assert bn.lr_s == preset["lr_s_bn"] != preset["lr_s"] and "mobilenet_v2 has BatchNorm" in bn.lr_choice
+    plain = resolve_config("auto", overrides={"iterations": 1, "student": "lenet5"}, teacher=t)
+    assert plain.lr_s == preset["lr_s"] and not plain.lr_choice
+    named = resolve_config("auto", overrides={"iterations": 1, "student": "mobilenet_v2", "lr_s": 1e-3}, teacher=t)
+    assert named.lr_s == 1e-3 and not named.lr_choice
+    # a resumed run reads its lr back, whatever the preset says now (older runs: lr_s_bn absent, 2e-3 kept)
+    resumed = resolve_config("auto", file_values=bn.to_dict(), teacher=t)
+    assert (resumed.lr_s, resumed.lr_choice) == (bn.lr_s, bn.lr_choice)
+    old = {k: v for k, v in bn.to_dict().items() if k not in ("lr_s_bn", "lr_choice")} | {"lr_s": preset["lr_s"]}
+    assert resolve_config("auto", file_values=old, teacher=t).lr_s == preset["lr_s"]
+    # a preset without the key leaves every student at its lr_s
+    dafl = resolve_config("dafl", overrides={"iterations": 1, "student": "mobilenet_v2"}, teacher=t)
+    assert dafl.lr_s == PRESETS["dafl"]["lr_s"] and not dafl.lr_choice
+
+
 def test_balanced_labels_cover_every_class():
     torch.manual_seed(0)
     y = balanced_labels(23, 5, torch.device("cpu"))

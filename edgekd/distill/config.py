@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
 from edgekd.distill.augment import AUGMENTS
 from edgekd.distill.generator import OUTPUTS as GEN_OUTPUTS
 from edgekd.distill.grey import grey_setting
+from edgekd.distill.hooks import has_batchnorm
 from edgekd.distill.losses import BN_LOSSES, DIVERGENCES, TV_LOSSES
 from edgekd.distill.presets import AUTO, DEFAULT_METHOD, PRESETS, choose_method
 from edgekd.distill.replay import POLICIES as REPLAY_POLICIES
@@ -21,6 +22,8 @@ from edgekd.errors import UsageError
 from edgekd.fileio import read_toml
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from edgekd.models.checkpoint import LoadedModel
 
 _MAY_BE_NEGATIVE = ("seed",)
@@ -87,6 +90,8 @@ class DistillConfig:
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
     lr_g: float = 1e-3
     lr_s: float = 2e-3
+    lr_s_bn: float = 0.0  # > 0: the student's lr when it has BatchNorm layers, unless lr_s is named (resolve_config)
+    lr_choice: str = ""  # why lr_s is lr_s_bn ("" when it is the preset's or the user's)
     lr_d: float = 1e-4
     s_optimizer: str = "adam"
     lr_schedule: str = "cosine"  # cosine decay over the run (by step, or by time under --time-budget)
@@ -271,22 +276,32 @@ def resolve_config(method: str = DEFAULT_METHOD, file_values: Optional[Dict[str,
     elif "gen_grey" in overrides:
         values["grey_choice"] = ""  # the user said
     cfg = DistillConfig(**values).validate()
-    if teacher is not None and "batch_size" not in file_values:  # a resumed run keeps its batch
-        cfg.batch_size, cfg.batch_choice = _batch_that_fits(cfg, teacher, explicit="batch_size" in overrides)
     named = {**file_values, **overrides}
+    student = _student_for(cfg, teacher) if teacher is not None else None
+    if cfg.lr_s_bn and "lr_s" not in named and student is not None and has_batchnorm(student):
+        cfg.lr_s = cfg.lr_s_bn  # a resumed run's config.json names lr_s: it keeps what it started with
+        cfg.lr_choice = (f"student lr {cfg.lr_s:g}, not {PRESETS[method]['lr_s']:g}: {cfg.student} has BatchNorm "
+                         "layers (benchmarks/TUNING.md round 23; --set lr_s=... to change)")
+    if student is not None and "batch_size" not in file_values:  # a resumed run keeps its batch
+        cfg.batch_size, cfg.batch_choice = _batch_that_fits(cfg, teacher, student, explicit="batch_size" in overrides)
     if "batch_size" in named and "budget_g_steps" not in named:
         cfg.budget_g_steps = 0  # a batch the user named is the batch the run takes
     return cfg
 
 
-def _batch_that_fits(cfg: DistillConfig, teacher: LoadedModel, explicit: bool) -> Tuple[int, str]:
+def _student_for(cfg: DistillConfig, teacher: LoadedModel) -> nn.Module:
+    """The run's student architecture, freshly initialised: resolve_config asks what it is, not its weights."""
+    from edgekd.models.registry import create_model
+
+    return create_model(cfg.student, teacher.spec.num_classes, teacher.spec.in_channels)
+
+
+def _batch_that_fits(cfg: DistillConfig, teacher: LoadedModel, student: nn.Module, explicit: bool) -> Tuple[int, str]:
     """cfg.batch_size, or less where the run's models would not fit in memory at it (memory_fit.py)."""
     from edgekd.distill.generator import Generator
     from edgekd.distill.memory_fit import batch_for
-    from edgekd.models.registry import create_model
 
     spec = teacher.spec
-    student = create_model(cfg.student, spec.num_classes, spec.in_channels)
     generator = Generator(cfg.latent_dim, spec.input_shape, cfg.gen_width, cfg.gen_output, spec.mean, spec.std,
                           spec.num_classes if cfg.gen_labels else 0, cfg.gen_grey)
     try:

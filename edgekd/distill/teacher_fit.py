@@ -47,6 +47,8 @@ def fit_config_to_teacher(d: Distiller, t: nn.Module) -> None:
     spec = d.spec
     if cfg.batch_choice:  # the default batch would not fit in memory (memory_fit.py)
         d.notes.append(cfg.batch_choice)
+    if cfg.lr_choice:  # the preset's student lr for a BatchNorm student (resolve_config)
+        d.notes.append(cfg.lr_choice)
     if cfg.grey_choice:  # what the teacher's first BatchNorm said (grey.py), the user silent
         d.notes.append(f"the generator makes {'grey' if cfg.gen_grey else 'colour'} images "
                           f"({'--no-grey' if cfg.gen_grey else '--grey'} to change); the teacher's data: {cfg.grey_choice}")
