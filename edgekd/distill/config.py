@@ -277,12 +277,16 @@ def resolve_config(method: str = DEFAULT_METHOD, file_values: Optional[Dict[str,
         values["grey_choice"] = ""  # the user said
     cfg = DistillConfig(**values).validate()
     named = {**file_values, **overrides}
-    student = _student_for(cfg, teacher) if teacher is not None else None
-    if cfg.lr_s_bn and "lr_s" not in named and student is not None and has_batchnorm(student):
-        cfg.lr_s = cfg.lr_s_bn  # a resumed run's config.json names lr_s: it keeps what it started with
+    # A resumed run's config.json names lr_s and batch_size: it keeps what it started with, and no student
+    # is built to decide them again.
+    pick_lr = bool(cfg.lr_s_bn) and "lr_s" not in named
+    pick_batch = "batch_size" not in file_values
+    student = _student_for(cfg, teacher) if teacher is not None and (pick_lr or pick_batch) else None
+    if pick_lr and student is not None and has_batchnorm(student):
+        cfg.lr_s = cfg.lr_s_bn
         cfg.lr_choice = (f"student lr {cfg.lr_s:g}, not {PRESETS[method]['lr_s']:g}: {cfg.student} has BatchNorm "
                          "layers (benchmarks/TUNING.md round 23; --set lr_s=... to change)")
-    if student is not None and "batch_size" not in file_values:  # a resumed run keeps its batch
+    if pick_batch and student is not None:
         cfg.batch_size, cfg.batch_choice = _batch_that_fits(cfg, teacher, student, explicit="batch_size" in overrides)
     if "batch_size" in named and "budget_g_steps" not in named:
         cfg.budget_g_steps = 0  # a batch the user named is the batch the run takes
