@@ -38,9 +38,18 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
+def random_mix(x: torch.Tensor) -> torch.Tensor:
+    """Mixup without labels: each image blended with another of the batch at a uniform weight
+    (Beta(1, 1), mixup's alpha 1). The teacher labels the blend, so the student sees points between
+    the generator's modes, where its decision boundaries are drawn."""
+    lam = torch.rand(len(x), 1, 1, 1, device=x.device, dtype=x.dtype)
+    return lam * x + (1 - lam) * x[torch.randperm(len(x), device=x.device)]
+
+
 AUGMENTS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda x: x,
     "shift": random_shift,
     "flip": random_flip,
     "shift_flip": lambda x: random_flip(random_shift(x)),
+    "mix": random_mix,
 }

@@ -100,7 +100,7 @@ class DistillConfig:
     replay_size: int = 0  # images kept from recent batches; 0 disables replay
     replay_fraction: float = 0.0  # share of each student batch drawn from replay memory
     replay_policy: str = "fifo"  # fifo: the most recent images | reservoir: a uniform sample of the whole run
-    s_augment: str = "none"  # replayed images augmented (shift, flip, shift_flip) and relabelled by the teacher
+    s_augment: str = "none"  # replayed images augmented (shift, flip, shift_flip, mix) and relabelled by the teacher
     keep_best: bool = True  # save the student that agrees best with the teacher on earlier generators' images
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the student
     # robustness and logging
