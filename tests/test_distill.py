@@ -208,7 +208,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(tmp_path, demo):
     assert steps == sorted(steps)
 
 
-@pytest.mark.parametrize("method", ["adversarial", "adversarial-bn", "fast", "deepinversion", "nayer"])
+@pytest.mark.parametrize("method", ["adversarial", "adversarial-bn", "fast", "deepinversion", "nayer", "cmi"])
 def test_resume_is_exact_on_a_bn_teacher(tmp_path, method):
     """Each synthesizer keeps all its state in the checkpoint: 2 + 2 iterations equal 4 (nayer's
     generator is re-initialised at iteration 3, after the resume)."""

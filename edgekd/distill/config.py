@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from edgekd.models.checkpoint import LoadedModel
 
 _MAY_BE_NEGATIVE = ("seed",)
-_AT_LEAST_ONE = ("latent_dim", "gen_width", "snapshot_every", "collapse_patience", "calib_images", "eval_images")
+_AT_LEAST_ONE = ("cr_bank", "cr_neg", "latent_dim", "gen_width", "snapshot_every", "collapse_patience", "calib_images", "eval_images")
 # Keys whose value names an entry of a registry.
 _CHOICES = {"adv_loss": DIVERGENCES, "kd_loss": DIVERGENCES, "bn_loss": BN_LOSSES,
             "replay_policy": REPLAY_POLICIES, "gen_output": GEN_OUTPUTS,
@@ -63,6 +63,10 @@ class DistillConfig:
     w_bal: float = 0.0
     w_act: float = 0.0
     w_div: float = 0.0  # within-class diversity of the teacher's features (generator synthesizer)
+    w_cr: float = 0.0  # CMI's contrastive term: new images told apart from earlier ones (contrastive.py)
+    cr_tau: float = 0.1  # its temperature (CMI's adv script: 0.1)
+    cr_bank: int = 4096  # features of this many recent images kept as negatives
+    cr_neg: int = 1024  # negatives drawn from them per generator step
     w_at: float = 0.0
     w_gan: float = 0.0
     w_tv: float = 0.0  # DeepInversion's total-variation prior on G's images (DataFree's deepinv: 0.001)
@@ -159,6 +163,8 @@ class DistillConfig:
             raise UsageError("eval_share must be in [0, 1]")
         if not 0 <= self.ema_decay < 1:
             raise UsageError("ema_decay must be in [0, 1)")
+        if not self.cr_tau > 0:
+            raise UsageError("cr_tau must be > 0 (the contrastive term's temperature; CMI's 0.1)")
         if not 0 <= self.bn_mmt < 1:
             raise UsageError("bn_mmt must be in [0, 1)")
         if self.g_steps < 1 or self.s_steps < 1:

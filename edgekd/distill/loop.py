@@ -31,6 +31,7 @@ from edgekd import __version__
 from edgekd.data.datasets import LabelledImages, check_dataset_fits, prepare_images
 from edgekd.distill import evaluation, persistence, student
 from edgekd.distill.config import DistillConfig
+from edgekd.distill.contrastive import Contrast, has_conv
 from edgekd.distill.discriminator import Discriminator
 from edgekd.distill.distributed import World
 from edgekd.distill.generator import Generator
@@ -80,6 +81,7 @@ class _Models:
     opt_s: torch.optim.Optimizer
     opt_d: Optional[torch.optim.Optimizer]
     ema: Optional[nn.Module] = None  # exponential moving average of the student's weights
+    contrast: Optional[Contrast] = None  # CMI's head, optimiser and feature bank (w_cr)
 
     def trainable(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"generator": self.generator, "student": self.student,
@@ -88,6 +90,8 @@ class _Models:
             out.update(disc=self.disc, opt_d=self.opt_d)
         if self.ema is not None:
             out.update(ema=self.ema)
+        if self.contrast is not None:
+            out.update(cr_head=self.contrast.head, opt_cr=self.contrast.opt)
         return out
 
     @property
@@ -191,6 +195,9 @@ class Distiller:
             self.m.ema = copy.deepcopy(s).requires_grad_(False)
         self.ema_updates = 0
         self._hooks(t, s)
+        if cfg.w_cr:
+            self.m.contrast = Contrast(t, self.spec.input_shape, dev, cfg.lr_g, cfg.cr_bank, cfg.cr_neg, cfg.cr_tau)
+            self.world.sync_module(self.m.contrast.head)
         self.memory = ReplayMemory(cfg.replay_size if cfg.replay_fraction > 0 else 0, self.spec.input_shape, k, dev,
                                    cfg.replay_policy)
         # Held-out images withheld from the student, for synthesizers without a generator to draw them from.
@@ -244,6 +251,9 @@ class Distiller:
         if self.feat_hook is not None and not self.feat_hook.available:
             self.notes.append("teacher has no nn.Linear head: act and div weights set to 0")
             cfg.w_act = cfg.w_div = 0.0
+        if cfg.w_cr and not has_conv(t):
+            self.notes.append("teacher has no Conv2d layer to read features from: cr weight set to 0")
+            cfg.w_cr = 0.0
         self.at_t = FeatureMapHook(t) if cfg.w_at else None
         self.at_s = FeatureMapHook(s) if cfg.w_at else None
 

@@ -59,7 +59,8 @@ def _rank_state(d: Distiller) -> Dict[str, Any]:
     return {"rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if d.plan.device.type == "cuda" else None,
             "memory": _on_cpu(d.memory.state_dict()), "heldout": _on_cpu(d.heldout.state_dict()),
-            "bn_average": d.bn_hook.state_dict() if d.bn_hook else {}}
+            "bn_average": d.bn_hook.state_dict() if d.bn_hook else {},
+            "cr_bank": d.m.contrast.bank.state_dict() if d.m.contrast else None}
 
 
 def save_checkpoint(d: Distiller) -> None:
@@ -142,6 +143,8 @@ def load_checkpoint(d: Distiller) -> None:
         d._pool_rng.set_state(state["pool"]["rng"].cpu())
     if d.bn_hook and state.get("bn_average"):
         d.bn_hook.load_state_dict(state["bn_average"], d.plan.device)
+    if d.m.contrast and state.get("cr_bank"):
+        d.m.contrast.bank.load_state_dict(state["cr_bank"])
     if state.get("best"):
         d.best_model = copy.deepcopy(d.m.final_student).requires_grad_(False)
         d.best_model.load_state_dict(state["best"]["state"])

@@ -30,7 +30,7 @@ Reference formulations (docs/method.md and the public DataFree benchmark):
          generator steps of 256 would fit (budget_g_steps): on a 2-core AVX2 CPU, 10 minutes, the BN
          teachers made 60-90 steps of 256; at 64-72 images ResNet-18 53.7% -> 69.1%, ResNet-34 45.6% ->
          63.6%, photo10 47.7% -> 59.4% (seed 0; TUNING.md round 18).
-- fast, deepinversion, nayer: the inversion family on its own synthesizers (below).
+- fast, deepinversion, nayer: the inversion family on its own synthesizers (below); cmi on the generator one.
 - auto (the CLI default): choose_method() picks one of these by what the teacher is.
 """
 
@@ -93,6 +93,18 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                           g_flip=True, adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=2000, lr_g=0.05,
                           s_steps=50, s_time_ratio=2.0, shared_batch=True, lr_s=2e-3, s_optimizer="adam",
                           replay_size=16384, replay_fraction=0.5, replay_policy="reservoir", ema_decay=0.999),
+    # CMI (Fang et al., "Contrastive Model Inversion for Data-Free Knowledge Distillation", IJCAI 2021;
+    # zju-vipa/CMI scripts/cmi/adv_cmi_cifar10_wrn402_wrn161.sh): adv 0.5 masked KL, bn 1, oh 0.5 against
+    # chosen target classes (a class-conditional G asked for balanced ones), the contrastive term cr 0.8 at
+    # temperature 0.1 (contrastive.py), G's lr 1e-3 (Adam, betas 0.5/0.999), its global view shifted by up to
+    # 1/8 of a side (the reference's pad-4 crop at 32x32). Not the reference's: one generator kept for the whole
+    # run (the reference re-initialises G for every batch and optimises it 200 steps: hours of CPU), the
+    # features and bank sized for a CPU (contrastive.py); the student side is ours.
+    "cmi": dict(w_adv=0.5, w_bn=1.0, w_oh=0.5, w_cr=0.8, cr_tau=0.1, w_bal=0.0, w_act=0.0, w_at=0.0, w_gan=0.0,
+                gen_labels=True, g_jitter=0.125, gen_width=64, adv_loss="kl_masked", kd_loss="kl", tau=1.0,
+                g_steps=1, lr_g=1e-3, s_steps=20, s_time_ratio=2.0, budget_g_steps=400, shared_batch=True,
+                lr_s=2e-3, s_optimizer="adam", replay_size=16384, replay_fraction=0.5, replay_policy="reservoir",
+                ema_decay=0.999),
     # NAYER (Tran et al., CVPR 2024; tmtuan1307/NAYER scripts/nayer_*.sh and datafree_kd.py defaults): 40
     # steps per batch at lr_g 4e-3 (fresh Adam), bn 10, oh 0.5 against class-balanced targets, adv 1.33
     # masked KL, shifted and flipped images, G re-initialised every 10 epochs of 2 batches (g_life 20),

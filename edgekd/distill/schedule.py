@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from edgekd.distill.probe import cached, plan_key
+from edgekd.distill.synthesizers import IMAGE_TERMS
 
 if TYPE_CHECKING:
     from edgekd.distill.config import DistillConfig
@@ -39,6 +40,12 @@ def set_lr(opt: Optional[torch.optim.Optimizer], lr: float) -> None:
             group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
+def _cost_terms(cfg: DistillConfig) -> str:
+    """The loss terms that are on: each adds work to a G or S step (cr a second teacher pass), so a count
+    timed without one is not reused with it."""
+    return "+".join(k for k in (*IMAGE_TERMS, "at", "gan") if getattr(cfg, f"w_{k}"))
+
+
 def choose_schedule(d: Distiller, g_seconds: float, s_seconds: float, crowded: bool = False) -> None:
     """Student steps per G step so the student's time is about s_time_ratio x the generator's,
     between 1 and cfg.s_steps; then, with budget_g_steps, the batch. Timed while other work shared the
@@ -46,7 +53,8 @@ def choose_schedule(d: Distiller, g_seconds: float, s_seconds: float, crowded: b
     cfg = d.cfg
     key = "s_steps|" + "|".join([plan_key(r, n, d.spec.input_shape, cfg.batch_size, [d.plans[r]])
                                  for r, n in (("teacher", d.spec.arch), ("student", cfg.student))]
-                                + [str(cfg.s_time_ratio), str(cfg.s_steps), str(cfg.g_steps)])
+                                + [str(cfg.s_time_ratio), str(cfg.s_steps), str(cfg.g_steps), cfg.synthesizer,
+                                   f"G{cfg.gen_width}x{cfg.latent_dim}", _cost_terms(cfg)])
     want = cfg.s_time_ratio * g_seconds / max(s_seconds, 1e-9)
     n, hit = cached(key, lambda: max(1, min(cfg.s_steps, round(want))),
                     lambda v: isinstance(v, int) and 1 <= v <= cfg.s_steps, lambda: crowded)

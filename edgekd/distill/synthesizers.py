@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from edgekd.distill import losses as L
 from edgekd.distill.augment import random_flip, random_shift
+from edgekd.distill.contrastive import local_view
 from edgekd.distill.generator import reset_weights
 from edgekd.distill.grey import grey_to_channels
 
@@ -61,6 +62,9 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
     # A class-conditional G (gen_labels) is asked for balanced target classes; otherwise oh targets
     # the teacher's own argmax (DAFL).
     labels = balanced_labels(d.batch, d.spec.num_classes, d.plan.device) if m.generator.num_classes else None
+    cr = m.contrast
+    if cr:
+        cr.hook.enabled = True
     with d.plans["teacher"].autocast():
         raw = m.generator(d._z(d.batch), labels)
         x = jitter(raw, cfg.g_jitter)
@@ -70,6 +74,12 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
     if d.bn_hook:
         d.bn_hook.enabled = False
     terms: Dict[str, torch.Tensor] = {}
+    if cr:  # the jittered batch is CMI's global view; a resized crop of G's images the local one
+        global_features = cr.hook.pop()
+        with d.plans["teacher"].autocast():
+            m.teacher(d._fmt(local_view(raw), "teacher"))
+        cr.hook.enabled = False
+        terms["cr"] = cr.loss(global_features, cr.hook.pop())
     if cfg.w_oh:
         terms["oh"] = L.one_hot_loss(t_logits) if labels is None else F.cross_entropy(t_logits.float(), labels)
     if cfg.w_act:
@@ -86,13 +96,20 @@ def generator_step(d: Distiller) -> Dict[str, torch.Tensor]:
         terms["adv"] = L.adversarial_loss(s_logits, t_logits, cfg.adv_loss, cfg.tau)
     loss = weighted_sum(cfg, terms)
     m.opt_g.zero_grad(set_to_none=True)
+    if cr:
+        cr.opt.zero_grad(set_to_none=True)
     if torch.is_tensor(loss) and loss.requires_grad:
         d.scalers["g"].scale(loss).backward()
         d.world.average_gradients(m.generator.parameters())
         d.scalers["g"].step(m.opt_g)
+        if cr:
+            d.world.average_gradients(cr.head.parameters())
+            d.scalers["g"].step(cr.opt)
         d.scalers["g"].update()
     if d.bn_hook:
         d.bn_hook.advance()
+    if cr:
+        cr.remember()
     m.student.requires_grad_(True)
     d._last_batch = (x.detach(), t_logits.detach())
     terms["loss_g"] = loss.detach() if torch.is_tensor(loss) else torch.zeros(())
@@ -324,7 +341,8 @@ class Synthesizer:
 
 
 SYNTHESIZERS: Dict[str, Synthesizer] = {
-    "generator": Synthesizer(generator_synthesis, generator_heldout, True, ("oh", "act", "div", "bal", "bn", "adv", "tv"),
+    "generator": Synthesizer(generator_synthesis, generator_heldout, True,
+                             ("oh", "act", "div", "bal", "bn", "adv", "tv", "cr"),
                              averages_bn=True),
     "meta": Synthesizer(meta_synthesis, generator_heldout, True, ("oh", "bn", "adv")),
     "inversion": Synthesizer(inversion_synthesis, withheld_heldout, False, ("oh", "bn", "adv", "tv", "l2")),
@@ -332,4 +350,4 @@ SYNTHESIZERS: Dict[str, Synthesizer] = {
     # make the held-out set, and export calibrates on the run's saved images.
     "nayer": Synthesizer(nayer_synthesis, withheld_heldout, False, ("oh", "bn", "adv")),
 }
-IMAGE_TERMS = ("oh", "act", "div", "bal", "bn", "adv", "tv", "l2")
+IMAGE_TERMS = ("oh", "act", "div", "bal", "bn", "adv", "tv", "l2", "cr")

@@ -33,9 +33,9 @@ def fit_config_to_teacher(d: Distiller, t: nn.Module) -> None:
                        f"({cfg.method}): set to 0")
         cfg.bn_mmt = 0.0
     compiled = compiled_kind(t)
-    if compiled and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at):
-        d.notes.append(f"{compiled} teacher: forward hooks unavailable, so bn/act/div/at weights are 0")
-        cfg.w_bn = cfg.w_act = cfg.w_div = cfg.w_at = 0.0
+    if compiled and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at or cfg.w_cr):
+        d.notes.append(f"{compiled} teacher: forward hooks unavailable, so bn/act/div/at/cr weights are 0")
+        cfg.w_bn = cfg.w_act = cfg.w_div = cfg.w_at = cfg.w_cr = 0.0
     if cfg.w_bn and not has_batchnorm(t):
         d.notes.append("teacher has no BatchNorm: bn weight set to 0")
         cfg.w_bn = 0.0
