@@ -67,7 +67,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # A student with BatchNorm layers (mobilenet_v2, resnets) learns at lr_s_bn, twice lr_s: ahead on
     # every MobileNetV2 pair of the Fashion-MNIST ResNets (8 of 8, +2.2; TUNING.md rounds 22-23), where the
     # BN-free LeNet-5 lost 2 points at it; behind on the photo10 colour teacher's MobileNetV2 (3 of 3, -1.2)
-    # and a resnet18 student of the Fashion-MNIST resnet34 (3 of 3, -0.7; round 24): per architecture, next.
+    # and a resnet18 student of the Fashion-MNIST resnet34 (3 of 3, -0.7; round 24), and on the README's case with
+    # fp32 plans (AVX2-capped, 2 of 3, -0.9; round 25): per student or per precision, next.
     "adversarial-bn": dict(w_adv=1.0, w_bn=1.0, bn_first=10.0, w_oh=1.0, w_bal=5.0, w_act=0.0, w_at=0.0, w_gan=0.1,
                            g_jitter=0.0625, gen_width=64, gen_output="affine", g_out_lr_mult=50.0,
                            adv_loss="kl_masked", kd_loss="kl", tau=1.0, g_steps=1, s_steps=20, s_time_ratio=2.0,
