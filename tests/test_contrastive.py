@@ -53,6 +53,8 @@ def test_feature_bank_keeps_the_newest_rows_and_round_trips():
     assert torch.equal(copy.data, bank.data) and (copy.ptr, copy.count) == (bank.ptr, bank.count)
     sampled_local, _ = bank.sample(3)
     assert sampled_local.shape == (3, 2)
+    bank.add(torch.full((1, 2), float("nan")), torch.zeros(1, 2))  # a NaN step's features stay out
+    assert torch.isfinite(bank.data).all() and bank.ptr == 1
 
 
 def test_contrastive_loss_is_low_when_each_local_view_matches_its_own_global_one():

@@ -88,7 +88,10 @@ class FeatureBank:
         return self.count
 
     def add(self, local: torch.Tensor, global_: torch.Tensor) -> None:
-        rows = torch.cat([local, global_], dim=1).detach().float()[-len(self.data):]
+        rows = torch.cat([local, global_], dim=1).detach().float()
+        # A step that went NaN is undone by the run's guard (guards.py), but the bank is not in its snapshot:
+        # non-finite rows never enter it, or every later cr loss would be NaN.
+        rows = rows[torch.isfinite(rows).all(1)][-len(self.data):]
         idx = (self.ptr + torch.arange(len(rows), device=self.data.device)) % len(self.data)
         self.data[idx] = rows
         self.ptr = int((self.ptr + len(rows)) % len(self.data))
