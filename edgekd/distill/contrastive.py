@@ -160,6 +160,7 @@ class Contrast:
         self.opt = torch.optim.Adam(self.head.parameters(), lr=lr)  # the reference: lr_g, Adam's defaults
         self.bank = FeatureBank(bank_size, self.dim, device)
         self.negatives, self.tau = negatives, tau
+        self._pending: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # this step's features, for the bank
 
     def loss(self, global_: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         bank = self.bank.sample(self.negatives) if len(self.bank) else None
@@ -168,9 +169,8 @@ class Contrast:
 
     def remember(self) -> None:
         """After the step: this batch's features join the bank."""
-        pending: Optional[Tuple[torch.Tensor, torch.Tensor]] = getattr(self, "_pending", None)
-        if pending is not None:
-            self.bank.add(*pending)
+        if self._pending is not None:
+            self.bank.add(*self._pending)
             self._pending = None
 
     def parameters(self) -> List[nn.Parameter]:
