@@ -4,8 +4,8 @@ The user's chain at 224 (ResNet-34 teacher -> MobileNetV2 or ResNet-18 student).
 engineer writes in four lines: torch.onnx.export + onnxruntime.quantization.quantize_static (QDQ,
 per-channel, the run's own calibration images), run in ONNX Runtime. edgekd is `edgekd export --target
 x86-cpu` with its defaults (precision and runtime measured on this machine) and each precision named.
-Everything is timed in one process, batch 1, the same threads, alternated over rounds (median of the
-rounds' p50). Weights are a 1-iteration run from a random teacher: latency and size do not depend on them,
+Everything is timed in one process, batch 1, the same threads, once per round in a new random order each
+round (median of the rounds' p50). Weights are a 1-iteration run from a random teacher: latency and size do not depend on them,
 so no accuracy is reported here.
 
     python benchmarks/export_vs_handmade.py --threads 2   # -> results/export-vs-handmade.{json,md}
@@ -122,8 +122,14 @@ def main() -> None:
                       f"speed check {json.dumps(m['checks'].get('speed', {}).get('p50_ms'))}", flush=True)
             x = np.load(run / "calib.npz")["x"][:1].astype(np.float32)
             p50: Dict[str, List[float]] = {k: [] for k in contenders}
+            order = list(contenders)
+            shuffle = np.random.default_rng(0)
             for _ in range(args.rounds):
-                for label, run_model in contenders.items():
+                # A new order each round: in a fixed one the same INT8 file measured 1.83 ms in one place
+                # and 1.56 ms in another (median of 7 rounds), so a place in the order is a bias.
+                shuffle.shuffle(order)
+                for label in order:
+                    run_model = contenders[label]
                     p50[label].append(measure(lambda r=run_model, x=x: r(x), 1, 1.0, args.duration).p50_ms)
             ms = {k: float(np.median(v)) for k, v in p50.items()}
             teacher = ms["hand-made teacher fp32 onnxruntime"]
@@ -153,7 +159,7 @@ def render(rows: List[Dict[str, Any]], args: argparse.Namespace) -> None:
              "", f"CPU {r0['cpu']} ({r0['cpu_count']} cores), flags {' '.join(r0['cpu_flags'])}. "
              f"`python benchmarks/export_vs_handmade.py --threads {r0['threads']} --rounds {len(r0['rounds_p50_ms'])} "
              f"--name {args.name}`: "
-             "every model timed once per round, rounds alternated, all in one process. Speed-ups are the median over "
+             "every model timed once per round, in a new random order each round, all in one process. Speed-ups are the median over "
              "rounds of same-round ratios (this machine's speed drifts by up to 1.8x between minutes). Shipped: the "
              "bundle `edgekd export --target x86-cpu` writes by default (precision and runtime measured here).", "",
              "| chain | model | p50 ms (median of rounds) | speed-up vs FP32 teacher | vs hand-made INT8 |",

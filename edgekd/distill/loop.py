@@ -40,7 +40,7 @@ from edgekd.distill.hooks import BNStatsHook, ClassifierInputHook, FeatureMapHoo
 from edgekd.distill.precision import ExecutionPlan, plan_execution
 from edgekd.distill.probe import CpuShare, candidates, fastest_plan, probe_batch
 from edgekd.distill.replay import ReplayMemory
-from edgekd.distill.schedule import choose_schedule, lr_factor, set_lr
+from edgekd.distill.schedule import choose_schedule, lr_factor, refit_batch, set_lr
 from edgekd.distill.synthesizers import SYNTHESIZERS
 from edgekd.distill.teacher_fit import fit_config_to_teacher, start_generator_at_data_mean
 from edgekd.errors import EdgekdError, UsageError
@@ -213,6 +213,7 @@ class Distiller:
         self.s_steps = min(cfg.s_steps, 2) if cfg.s_time_ratio > 0 else cfg.s_steps
         self.s_steps_chosen = False
         self.batch = cfg.batch_size  # images per generator and student step; budget_g_steps may lower it
+        self.batch_fit: Optional[Dict[str, Any]] = None  # the window refit_batch times the batch by
         self.step = 0
         self.elapsed = 0.0
         self.measure_seconds = 0.0  # scoring on real eval data: wall time outside the budget
@@ -417,6 +418,7 @@ class Distiller:
                 # Every rank goes on by rank 0's clock and checkpoint times and stops when any is asked to.
                 self.elapsed, stopping, due = self.world.maximum([self.elapsed, stop.requested,
                                                                   due and self.world.main])
+                refit_batch(self)
                 if due:
                     persistence.periodic_checkpoint(self)
                     last_ckpt = time.monotonic()

@@ -77,7 +77,7 @@ def save_checkpoint(d: Distiller) -> None:
         "ema_updates": d.ema_updates,
         "teacher_sha256": d.teacher_info.sha256, "config": d.cfg.to_dict(),
         "plans": {role: [p.precision, p.channels_last] for role, p in d.plans.items()},
-        "s_steps": [d.s_steps, d.s_steps_chosen], "batch": d.batch,
+        "s_steps": [d.s_steps, d.s_steps_chosen], "batch": d.batch, "batch_fit": d.batch_fit,
         "pool": {"x": d.pool_x.cpu(), "t": d.pool_t.cpu(), "rng": d._pool_rng.get_state()},
         "best": None if d.best_model is None else {"step": d.best_step, "state": d.best_model.state_dict()},
         "world_size": d.world.size, "ranks": ranks[1:],
@@ -137,6 +137,7 @@ def load_checkpoint(d: Distiller) -> None:
     s_steps, d.s_steps_chosen = state.get("s_steps", [d.cfg.s_steps, False])
     d.s_steps = int(s_steps)
     d.batch = int(state.get("batch", d.cfg.batch_size))
+    d.batch_fit = state.get("batch_fit")
     if "pool" in state:
         dev = d.plan.device
         d.pool_x, d.pool_t = state["pool"]["x"].to(dev), state["pool"]["t"].to(dev)

@@ -129,24 +129,35 @@ def cached(key: str, measure: Callable[[], Any], valid: Callable[[Any], bool],
     while `crowded()` (other work on the cores) is kept only until a measurement on a quiet machine
     replaces it; measured crowded again, the kept one is used, so runs on a busy machine still agree."""
     cache = _read_cache()
-    provisional = set(cache.get(_CROWDED, []))
     had = key in cache and valid(cache[key])
-    if had and key not in provisional:
+    if had and key not in cache.get(_CROWDED, []):
         return cache[key], True
     value = measure()
-    if crowded():
-        if had:
-            return cache[key], True
-        provisional.add(key)
-    else:
-        provisional.discard(key)
+    busy = crowded()
+    if busy and had:
+        return cache[key], True
+    _store(cache, key, value, busy)
+    return value, False
+
+
+def remember(key: str, value: Any, crowded: bool) -> None:
+    """Store a value measured again (schedule.refit_batch) under `key`, replacing the cached one; one
+    measured while other work crowded the cores replaces only a value measured so too."""
+    cache = _read_cache()
+    if crowded and key in cache and key not in cache.get(_CROWDED, []):
+        return
+    _store(cache, key, value, crowded)
+
+
+def _store(cache: Dict[str, Any], key: str, value: Any, crowded: bool) -> None:
+    provisional = set(cache.get(_CROWDED, []))
+    (provisional.add if crowded else provisional.discard)(key)
     cache[key], cache[_CROWDED] = value, sorted(provisional)
     if launched_rank() == 0:  # under torchrun rank 0's choice is the run's (distributed.py): only it is kept
         try:
             write_json(cache_path(), cache)
         except OSError:  # a read-only home: measure again next time
             pass
-    return value, False
 
 
 def probe_batch(batch: int, size: Tuple[int, int]) -> int:

@@ -1,7 +1,9 @@
 """How a run spends its budget: learning-rate schedule, student steps per generator step, and the batch.
 
-The student-step count and the batch are chosen once, from the timed second iteration, and cached with
-the execution plans (probe.py), so two runs on one machine, and a run and its resumed self, agree.
+The student-step count and the batch are chosen from the timed second iteration and cached with the
+execution plans (probe.py), so two runs on one machine agree; a tenth of the way into the budget the batch
+is fitted once more, from the iterations as they actually ran (refit_batch). A resumed run takes both from
+its checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from edgekd.distill.probe import cached, plan_key
+from edgekd.distill.probe import CpuShare, cached, plan_key, remember
 from edgekd.distill.synthesizers import IMAGE_TERMS
 
 if TYPE_CHECKING:
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
 
 MIN_BATCH = 64  # the least budget_g_steps shrinks a batch to
+REFIT_AT = 0.1  # of the time budget: the batch is fitted again from the iterations run by then
+REFIT_MIN_ITERATIONS = 5  # fewer are too few to time an iteration by
 
 
 def lr_factor(cfg: DistillConfig, step: int, elapsed: float) -> float:
@@ -73,7 +77,8 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool
     ResNet-34 45.6% at 256, 63.6% at 64; photo10 47.7% at 256, 59.4% at 72 (benchmarks/TUNING.md round
     18). Per-image cost is about flat in the batch, so the batch scales with the steps that fit, but no
     lower than MIN_BATCH (32 lost 5 points to 64 on photo10, round 14). The timed iteration leaves out
-    evaluation and checkpoints: runs made 75-80% of the steps it foretold (hence 400 in the presets)."""
+    evaluation and checkpoints, and a small batch costs more than its share: refit_batch corrects the
+    choice from the iterations as they ran."""
     cfg = d.cfg
     if not (cfg.budget_g_steps and cfg.time_budget) or d.batch <= MIN_BATCH:
         return
@@ -89,9 +94,56 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool
     batch, hit = cached(key, measure, lambda v: isinstance(v, int) and MIN_BATCH <= v <= cfg.batch_size,
                         lambda: crowded)
     d.batch = int(d.world.from_main(int(batch)))  # valid: MIN_BATCH..cfg.batch_size
+    # refit_batch opens its window when this iteration ends (step and elapsed are set then).
+    d.batch_fit = {"key": key, "full_seconds": iteration_seconds, "step": None, "elapsed": None, "done": False}
     if d.batch < cfg.batch_size:
         d._event(f"step {d.step + 1}: batch {d.batch} from here, so that about {cfg.budget_g_steps} "
                  f"generator steps fit in the budget "
                  + ("(cached for this setting)" if hit else
                     f"({fits:.0f} iterations of {cfg.batch_size} would: {iteration_seconds:.2f}s each); "
                     "--batch-size fixes it"))
+
+
+def batch_for(seconds: float, batch: int, batch_seconds: float, full: int, full_seconds: float) -> int:
+    """The batch whose iteration takes `seconds`, from two observed points: `batch_seconds` at `batch`,
+    `full_seconds` at `full` (the largest batch allowed). The cost is a + c x batch: per-layer dispatch,
+    the optimisers and the hooks do not shrink with the batch, so on photo10 96 images took 1.76 s an
+    iteration where 256 took 3.72 s (proportional: 1.40 s; benchmarks/TUNING.md round 26). With one point,
+    or points that give no positive a and c (noise), proportional. Multiples of 8, MIN_BATCH..full."""
+    c = (full_seconds - batch_seconds) / (full - batch) if full > batch else 0.0
+    a = batch_seconds - c * batch
+    wanted = (seconds - a) / c if c > 0 and a > 0 else batch * seconds / max(batch_seconds, 1e-9)
+    return int(min(full, max(MIN_BATCH, int(wanted) // 8 * 8)))
+
+
+def refit_batch(d: Distiller) -> None:
+    """Once, at REFIT_AT of the budget: the batch again, so that the generator steps still wanted fit the
+    time left, by what the iterations since the first choice really took (evaluation and checkpoints
+    included) and the timed iteration at the full batch. The first choice assumes a cost proportional to
+    the batch and leaves out evaluation: runs made 70-115% of the 400 generator steps it aimed at
+    (round 25). The new batch is cached for the next run of this setting (unless other work crowded the
+    cores) and kept in the checkpoint with the window, so a resumed run neither refits again nor differs."""
+    fit, cfg = d.batch_fit, d.cfg
+    if fit is None or fit["done"]:
+        return
+    if fit["step"] is None:
+        fit["step"], fit["elapsed"] = d.step, d.elapsed
+        d.batch_fit_share = CpuShare(d.plan.device)
+        return
+    ran = d.step - fit["step"]
+    if ran < REFIT_MIN_ITERATIONS or d.elapsed < REFIT_AT * cfg.time_budget:
+        return
+    fit["done"] = True
+    took = (d.elapsed - fit["elapsed"]) / ran
+    want = (cfg.time_budget - d.elapsed) / max(cfg.budget_g_steps - d.step, 1)
+    old = d.batch
+    d.batch = int(d.world.from_main(batch_for(want, old, took, cfg.batch_size, fit["full_seconds"])))
+    share = getattr(d, "batch_fit_share", None)  # none after a resume: its window's share is unknown
+    remember(fit["key"], d.batch, crowded=share is None or share.crowded())
+    d._event(f"step {d.step + 1}: batch {d.batch} from here (was {old}): {ran} iterations took {took:.2f}s each, "
+             f"evaluation and checkpoints included; {cfg.budget_g_steps - d.step} more generator steps in "
+             f"{cfg.time_budget - d.elapsed:.0f}s want {want:.2f}s each (a full batch of {cfg.batch_size}: "
+             f"{fit['full_seconds']:.2f}s)" if d.batch != old else
+             f"step {d.step + 1}: batch {old} kept: {ran} iterations took {took:.2f}s each, "
+             f"{cfg.budget_g_steps - d.step} more generator steps in the {cfg.time_budget - d.elapsed:.0f}s left "
+             f"want {want:.2f}s each")
