@@ -472,6 +472,7 @@ def test_batch_shrinks_until_the_wanted_generator_steps_fit_the_budget(tmp_path,
     d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
     d.run()
     assert d.batch == MIN_BATCH and d.cfg.batch_size == 128
+    assert d.batch_fit is None  # batch_refit is off by default: no second fit
     assert d._last_batch[0].shape[0] == MIN_BATCH  # the generator's last batch had that many images
     assert any(f"batch {MIN_BATCH} from here" in e for e in d.events)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["batch"] == MIN_BATCH
@@ -506,7 +507,7 @@ def test_the_batch_is_fitted_again_from_the_iterations_as_they_ran(tmp_path, dem
     from edgekd.distill import probe, schedule
 
     monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = dict(FAST, batch_size=256, time_budget=600.0, budget_g_steps=400)
+    cfg = dict(FAST, batch_size=256, time_budget=600.0, budget_g_steps=400, batch_refit=True)
     d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
     d._start(resume=False)  # the run directory its events are logged to
     d.batch, d.step, d.elapsed = 96, 1, 2.69  # photo10's first choice (round 26), as choose_batch leaves it
@@ -531,7 +532,8 @@ def test_a_resumed_run_keeps_its_batch_window(tmp_path, demo, monkeypatch):
 
     monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(schedule, "REFIT_MIN_ITERATIONS", 2)
-    cfg = dict(FAST, batch_size=128, iterations=8, time_budget=1e-3, budget_g_steps=1, calib_images=8)
+    cfg = dict(FAST, batch_size=128, iterations=8, time_budget=1e-3, budget_g_steps=1, calib_images=8,
+               batch_refit=True)
     d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
     monkeypatch.setattr(d, "_done", lambda: d.step >= 8)  # past the budget: the iteration count ends it
     d.run()

@@ -89,7 +89,10 @@ class DistillConfig:
     s_steps: int = 1  # student steps per G step; with s_time_ratio > 0, the most it may be
     s_time_ratio: float = 0.0  # > 0: after two iterations, s_steps = this x (G step time / S step time), capped
     budget_g_steps: int = 0  # > 0, with a time budget: the batch shrinks (to 64 at least) until this many G steps
-    # fit by the timed iteration's cost (evaluation comes on top: runs make 75-80% of it)
+    # fit by the timed iteration's cost (evaluation comes on top: runs make 70-115% of it)
+    batch_refit: bool = False  # fit the batch again a tenth into the budget from the iterations as they ran
+    # (schedule.refit_batch): runs then make ~90% of budget_g_steps; at 400 its students were behind on 3 of 3
+    # pairs (TUNING.md round 26), so off until budget_g_steps is chosen anew for it
     g_warmup: float = 0.0  # this share of the run trains the synthesizer alone: no student steps, no memory
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
     lr_g: float = 1e-3

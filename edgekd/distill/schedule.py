@@ -1,9 +1,9 @@
 """How a run spends its budget: learning-rate schedule, student steps per generator step, and the batch.
 
 The student-step count and the batch are chosen from the timed second iteration and cached with the
-execution plans (probe.py), so two runs on one machine agree; a tenth of the way into the budget the batch
-is fitted once more, from the iterations as they actually ran (refit_batch). A resumed run takes both from
-its checkpoint.
+execution plans (probe.py), so two runs on one machine agree; with batch_refit, a tenth of the way into the
+budget the batch is fitted once more, from the iterations as they actually ran (refit_batch). A resumed run
+takes both from its checkpoint.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool
     ResNet-34 45.6% at 256, 63.6% at 64; photo10 47.7% at 256, 59.4% at 72 (benchmarks/TUNING.md round
     18). Per-image cost is about flat in the batch, so the batch scales with the steps that fit, but no
     lower than MIN_BATCH (32 lost 5 points to 64 on photo10, round 14). The timed iteration leaves out
-    evaluation and checkpoints, and a small batch costs more than its share: refit_batch corrects the
-    choice from the iterations as they ran."""
+    evaluation and checkpoints, and a small batch costs more than its share: with batch_refit, refit_batch
+    corrects the choice from the iterations as they ran."""
     cfg = d.cfg
     if not (cfg.budget_g_steps and cfg.time_budget) or d.batch <= MIN_BATCH:
         return
@@ -94,8 +94,8 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool
     batch, hit = cached(key, measure, lambda v: isinstance(v, int) and MIN_BATCH <= v <= cfg.batch_size,
                         lambda: crowded)
     d.batch = int(d.world.from_main(int(batch)))  # valid: MIN_BATCH..cfg.batch_size
-    # refit_batch opens its window when this iteration ends (step and elapsed are set then).
-    d.batch_fit = {"key": key, "full_seconds": iteration_seconds, "step": None, "elapsed": None, "done": False}
+    if cfg.batch_refit:  # refit_batch opens its window when this iteration ends (step and elapsed are set then)
+        d.batch_fit = {"key": key, "full_seconds": iteration_seconds, "step": None, "elapsed": None, "done": False}
     if d.batch < cfg.batch_size:
         d._event(f"step {d.step + 1}: batch {d.batch} from here, so that about {cfg.budget_g_steps} "
                  f"generator steps fit in the budget "
