@@ -91,8 +91,8 @@ class DistillConfig:
     budget_g_steps: int = 0  # > 0, with a time budget: the batch shrinks (to 64 at least) until this many G steps
     # fit by the timed iteration's cost (evaluation comes on top: runs make 70-115% of it)
     batch_refit: bool = False  # fit the batch again a tenth into the budget from the iterations as they ran
-    # (schedule.refit_batch): runs then make ~90% of budget_g_steps; at 400 its students were behind on 3 of 3
-    # pairs (TUNING.md round 26), so off until budget_g_steps is chosen anew for it
+    # (schedule.refit_batch): runs then make ~90% of budget_g_steps, but at 400 the batches it chose (64-72)
+    # lost to 96 on both photo10 pairs (TUNING.md round 26): off until MIN_BATCH is chosen anew for it
     g_warmup: float = 0.0  # this share of the run trains the synthesizer alone: no student steps, no memory
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
     lr_g: float = 1e-3
