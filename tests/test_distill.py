@@ -465,13 +465,12 @@ def test_student_steps_follow_their_measured_cost(tmp_path, demo):
 
 def test_batch_shrinks_until_the_wanted_generator_steps_fit_the_budget(tmp_path, demo):
     """budget_g_steps: a run whose budget fits far fewer generator steps than wanted goes on at a smaller
-    batch (never under MIN_BATCH) after its timed iteration, keeps it across a resume, and says so."""
-    from edgekd.distill.schedule import MIN_BATCH
-
+    batch (never under min_batch) after its timed iteration, keeps it across a resume, and says so."""
     cfg = dict(FAST, batch_size=128, iterations=3, time_budget=3600.0, budget_g_steps=10**6, calib_images=8)
     d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
     d.run()
-    assert d.batch == MIN_BATCH and d.cfg.batch_size == 128
+    MIN_BATCH = d.cfg.min_batch
+    assert MIN_BATCH == 64 and d.batch == MIN_BATCH and d.cfg.batch_size == 128
     assert d.batch_fit is None  # batch_refit is off by default: no second fit
     assert d._last_batch[0].shape[0] == MIN_BATCH  # the generator's last batch had that many images
     assert any(f"batch {MIN_BATCH} from here" in e for e in d.events)
@@ -485,17 +484,25 @@ def test_batch_shrinks_until_the_wanted_generator_steps_fit_the_budget(tmp_path,
                       tmp_path / "roomy")
     roomy.run()
     assert roomy.batch == 128
+    # A floor the user names holds; one BatchNorm cannot train on is refused.
+    floor = Distiller(load_model(demo), resolve_config("adversarial", overrides={**cfg, "min_batch": 96}),
+                      tmp_path / "floor")
+    floor.run()
+    assert floor.batch == 96
+    with pytest.raises(UsageError, match="min_batch"):
+        resolve_config("adversarial", overrides={**cfg, "min_batch": 1})
 
 
 def test_the_batch_for_an_iteration_time_follows_an_affine_cost():
     """batch_for: through (batch, seconds) and (full batch, seconds) as a + c x batch; proportional where
-    the two points give no positive a and c; multiples of 8 within MIN_BATCH..full."""
-    from edgekd.distill.schedule import MIN_BATCH, batch_for
+    the two points give no positive a and c; multiples of 8 within least..full."""
+    from edgekd.distill.schedule import batch_for
 
     # round 26's photo10 numbers: 96 images 1.76 s, 256 images 3.72 s -> a = 0.58 s, c = 0.01225 s/image
     assert batch_for(1.5, 96, 1.76, 256, 3.72) == 72  # proportional would say 80
     assert batch_for(1.76, 96, 1.76, 256, 3.72) == 96
-    assert batch_for(0.4, 96, 1.76, 256, 3.72) == MIN_BATCH  # under the fixed cost: the floor
+    assert batch_for(0.4, 96, 1.76, 256, 3.72) == 64  # under the fixed cost: the floor
+    assert batch_for(1.5, 96, 1.76, 256, 3.72, least=96) == 96  # a higher floor holds
     assert batch_for(10.0, 96, 1.76, 256, 3.72) == 256  # never past the asked batch
     assert batch_for(1.5, 256, 3.0, 256, 3.0) == 128  # one point: proportional
     assert batch_for(1.5, 96, 1.0, 256, 0.9) == 144  # the full batch no slower (noise): proportional

@@ -88,11 +88,12 @@ class DistillConfig:
     g_steps: int = 1  # generator steps per iteration (meta: inner steps on one batch)
     s_steps: int = 1  # student steps per G step; with s_time_ratio > 0, the most it may be
     s_time_ratio: float = 0.0  # > 0: after two iterations, s_steps = this x (G step time / S step time), capped
-    budget_g_steps: int = 0  # > 0, with a time budget: the batch shrinks (to 64 at least) until this many G steps
-    # fit by the timed iteration's cost (evaluation comes on top: runs make 70-115% of it)
+    budget_g_steps: int = 0  # > 0, with a time budget: the batch shrinks (to min_batch at least) until this many G
+    # steps fit by the timed iteration's cost (evaluation comes on top: runs make 70-115% of it)
+    min_batch: int = 64  # the least budget_g_steps shrinks a batch to (32 lost 5 points to 64 on photo10, round 14)
     batch_refit: bool = False  # fit the batch again a tenth into the budget from the iterations as they ran
     # (schedule.refit_batch): runs then make ~90% of budget_g_steps, but at 400 the batches it chose (64-72)
-    # lost to 96 on both photo10 pairs (TUNING.md round 26): off until MIN_BATCH is chosen anew for it
+    # lost to 96 on both photo10 pairs (TUNING.md round 26): off until min_batch is chosen anew for it
     g_warmup: float = 0.0  # this share of the run trains the synthesizer alone: no student steps, no memory
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
     lr_g: float = 1e-3
@@ -149,6 +150,8 @@ class DistillConfig:
                 raise UsageError(f"setting {key} must be >= 1")
         if self.batch_size < 2:
             raise UsageError("--batch-size must be >= 2 (BatchNorm needs more than one image)")
+        if self.min_batch < 2:
+            raise UsageError("min_batch must be >= 2 (BatchNorm needs more than one image)")
         for key, choices in _CHOICES.items():
             if getattr(self, key) not in choices:
                 raise UsageError(f"{key} must be one of {', '.join(choices)}")

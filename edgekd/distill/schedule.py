@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from edgekd.distill.config import DistillConfig
     from edgekd.distill.loop import Distiller
 
-MIN_BATCH = 64  # the least budget_g_steps shrinks a batch to
 REFIT_AT = 0.1  # of the time budget: the batch is fitted again from the iterations run by then
 REFIT_MIN_ITERATIONS = 5  # fewer are too few to time an iteration by
 
@@ -76,24 +75,24 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool
     teacher made 71 steps of 256 images in 10 minutes (student 53.7%) and 305 steps of 64 (69.1%); a
     ResNet-34 45.6% at 256, 63.6% at 64; photo10 47.7% at 256, 59.4% at 72 (benchmarks/TUNING.md round
     18). Per-image cost is about flat in the batch, so the batch scales with the steps that fit, but no
-    lower than MIN_BATCH (32 lost 5 points to 64 on photo10, round 14). The timed iteration leaves out
+    lower than cfg.min_batch (32 lost 5 points to 64 on photo10, round 14). The timed iteration leaves out
     evaluation and checkpoints, and a small batch costs more than its share: with batch_refit, refit_batch
     corrects the choice from the iterations as they ran."""
     cfg = d.cfg
-    if not (cfg.budget_g_steps and cfg.time_budget) or d.batch <= MIN_BATCH:
+    if not (cfg.budget_g_steps and cfg.time_budget) or d.batch <= cfg.min_batch:
         return
     left = max(cfg.time_budget - d.elapsed - iteration_seconds, 0.0)
     fits = left / max(iteration_seconds, 1e-9)
-    key = f"batch|{key}|{cfg.batch_size}|{cfg.time_budget:g}|{cfg.budget_g_steps}"
+    key = f"batch|{key}|{cfg.batch_size}|{cfg.time_budget:g}|{cfg.budget_g_steps}|{cfg.min_batch}"
 
     def measure() -> int:
         if fits >= cfg.budget_g_steps:
             return cfg.batch_size
-        return max(MIN_BATCH, int(cfg.batch_size * fits / cfg.budget_g_steps) // 8 * 8)
+        return max(cfg.min_batch, int(cfg.batch_size * fits / cfg.budget_g_steps) // 8 * 8)
 
-    batch, hit = cached(key, measure, lambda v: isinstance(v, int) and MIN_BATCH <= v <= cfg.batch_size,
+    batch, hit = cached(key, measure, lambda v: isinstance(v, int) and cfg.min_batch <= v <= cfg.batch_size,
                         lambda: crowded)
-    d.batch = int(d.world.from_main(int(batch)))  # valid: MIN_BATCH..cfg.batch_size
+    d.batch = int(d.world.from_main(int(batch)))  # valid: cfg.min_batch..cfg.batch_size
     if cfg.batch_refit:  # refit_batch opens its window when this iteration ends (step and elapsed are set then)
         d.batch_fit = {"key": key, "full_seconds": iteration_seconds, "step": None, "elapsed": None, "done": False}
     if d.batch < cfg.batch_size:
@@ -104,16 +103,17 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool
                     "--batch-size fixes it"))
 
 
-def batch_for(seconds: float, batch: int, batch_seconds: float, full: int, full_seconds: float) -> int:
+def batch_for(seconds: float, batch: int, batch_seconds: float, full: int, full_seconds: float,
+              least: int = 64) -> int:
     """The batch whose iteration takes `seconds`, from two observed points: `batch_seconds` at `batch`,
     `full_seconds` at `full` (the largest batch allowed). The cost is a + c x batch: per-layer dispatch,
     the optimisers and the hooks do not shrink with the batch, so on photo10 96 images took 1.76 s an
     iteration where 256 took 3.72 s (proportional: 1.40 s; benchmarks/TUNING.md round 26). With one point,
-    or points that give no positive a and c (noise), proportional. Multiples of 8, MIN_BATCH..full."""
+    or points that give no positive a and c (noise), proportional. Multiples of 8, least..full."""
     c = (full_seconds - batch_seconds) / (full - batch) if full > batch else 0.0
     a = batch_seconds - c * batch
     wanted = (seconds - a) / c if c > 0 and a > 0 else batch * seconds / max(batch_seconds, 1e-9)
-    return int(min(full, max(MIN_BATCH, int(wanted) // 8 * 8)))
+    return int(min(full, max(least, int(wanted) // 8 * 8)))
 
 
 def refit_batch(d: Distiller) -> None:
@@ -137,7 +137,7 @@ def refit_batch(d: Distiller) -> None:
     took = (d.elapsed - fit["elapsed"]) / ran
     want = (cfg.time_budget - d.elapsed) / max(cfg.budget_g_steps - d.step, 1)
     old = d.batch
-    d.batch = int(d.world.from_main(batch_for(want, old, took, cfg.batch_size, fit["full_seconds"])))
+    d.batch = int(d.world.from_main(batch_for(want, old, took, cfg.batch_size, fit["full_seconds"], cfg.min_batch)))
     share = getattr(d, "batch_fit_share", None)  # none after a resume: its window's share is unknown
     remember(fit["key"], d.batch, crowded=share is None or share.crowded())
     d._event(f"step {d.step + 1}: batch {d.batch} from here (was {old}): {ran} iterations took {took:.2f}s each, "
