@@ -93,7 +93,7 @@ class DistillConfig:
     min_batch: int = 64  # the least budget_g_steps shrinks a batch to (32 lost 5 points to 64 on photo10, round 14)
     batch_refit: bool = False  # fit the batch again a tenth into the budget from the iterations as they ran
     # (schedule.refit_batch): runs then make ~90% of budget_g_steps, but at 400 the batches it chose (64-72)
-    # lost to 96 on both photo10 pairs (TUNING.md round 26): off until min_batch is chosen anew for it
+    # lost to 96 on both photo10 pairs (TUNING.md round 26); with larger batches level / -0.9 (round 27): off
     g_warmup: float = 0.0  # this share of the run trains the synthesizer alone: no student steps, no memory
     shared_batch: bool = False  # DAFL: the student learns from the very batch G was just stepped on
     lr_g: float = 1e-3
