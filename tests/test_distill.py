@@ -469,16 +469,16 @@ def test_batch_shrinks_until_the_wanted_generator_steps_fit_the_budget(tmp_path,
     cfg = dict(FAST, batch_size=128, iterations=3, time_budget=3600.0, budget_g_steps=10**6, calib_images=8)
     d = Distiller(load_model(demo), resolve_config("adversarial", overrides=cfg), tmp_path / "run")
     d.run()
-    MIN_BATCH = d.cfg.min_batch
-    assert MIN_BATCH == 64 and d.batch == MIN_BATCH and d.cfg.batch_size == 128
+    least = d.cfg.min_batch
+    assert least == 64 and d.batch == least and d.cfg.batch_size == 128
     assert d.batch_fit is None  # batch_refit is off by default: no second fit
-    assert d._last_batch[0].shape[0] == MIN_BATCH  # the generator's last batch had that many images
-    assert any(f"batch {MIN_BATCH} from here" in e for e in d.events)
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["batch"] == MIN_BATCH
+    assert d._last_batch[0].shape[0] == least  # the generator's last batch had that many images
+    assert any(f"batch {least} from here" in e for e in d.events)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["batch"] == least
     resumed = Distiller(load_model(demo), resolve_config("adversarial", overrides={**cfg, "iterations": 5}),
                         tmp_path / "run")
     resumed.run(resume=True)
-    assert resumed.batch == MIN_BATCH and resumed.step == 5
+    assert resumed.batch == least and resumed.step == 5
     # Enough budget for the steps wanted: the batch stays.
     roomy = Distiller(load_model(demo), resolve_config("adversarial", overrides={**cfg, "budget_g_steps": 1}),
                       tmp_path / "roomy")
@@ -499,13 +499,13 @@ def test_the_batch_for_an_iteration_time_follows_an_affine_cost():
     from edgekd.distill.schedule import batch_for
 
     # round 26's photo10 numbers: 96 images 1.76 s, 256 images 3.72 s -> a = 0.58 s, c = 0.01225 s/image
-    assert batch_for(1.5, 96, 1.76, 256, 3.72) == 72  # proportional would say 80
-    assert batch_for(1.76, 96, 1.76, 256, 3.72) == 96
-    assert batch_for(0.4, 96, 1.76, 256, 3.72) == 64  # under the fixed cost: the floor
-    assert batch_for(1.5, 96, 1.76, 256, 3.72, least=96) == 96  # a higher floor holds
-    assert batch_for(10.0, 96, 1.76, 256, 3.72) == 256  # never past the asked batch
-    assert batch_for(1.5, 256, 3.0, 256, 3.0) == 128  # one point: proportional
-    assert batch_for(1.5, 96, 1.0, 256, 0.9) == 144  # the full batch no slower (noise): proportional
+    assert batch_for(1.5, 96, 1.76, 256, 3.72, 64) == 72  # proportional would say 80
+    assert batch_for(1.76, 96, 1.76, 256, 3.72, 64) == 96
+    assert batch_for(0.4, 96, 1.76, 256, 3.72, 64) == 64  # under the fixed cost: the floor
+    assert batch_for(1.5, 96, 1.76, 256, 3.72, 96) == 96  # a higher floor holds
+    assert batch_for(10.0, 96, 1.76, 256, 3.72, 64) == 256  # never past the asked batch
+    assert batch_for(1.5, 256, 3.0, 256, 3.0, 64) == 128  # one point: proportional
+    assert batch_for(1.5, 96, 1.0, 256, 0.9, 64) == 144  # the full batch no slower (noise): proportional
 
 
 def test_the_batch_is_fitted_again_from_the_iterations_as_they_ran(tmp_path, demo, monkeypatch):

@@ -104,7 +104,7 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool
 
 
 def batch_for(seconds: float, batch: int, batch_seconds: float, full: int, full_seconds: float,
-              least: int = 64) -> int:
+              least: int) -> int:
     """The batch whose iteration takes `seconds`, from two observed points: `batch_seconds` at `batch`,
     `full_seconds` at `full` (the largest batch allowed). The cost is a + c x batch: per-layer dispatch,
     the optimisers and the hooks do not shrink with the batch, so on photo10 96 images took 1.76 s an
