@@ -175,6 +175,25 @@ def test_choice_options_are_validated(key):
         resolve_config("adversarial", overrides={"iterations": 1, key: "nonsense"})
 
 
+def test_the_student_learns_at_kd_tau_and_the_generator_at_tau(tmp_path, demo, monkeypatch):
+    """kd_tau is the student's temperature alone: the adversarial term (kl_masked) keeps tau."""
+    from edgekd.distill import losses as L
+
+    seen = {"kl": [], "kl_masked": []}
+    for name in seen:
+        def record(s, t, tau=1.0, _name=name, _f=L.DIVERGENCES[name]):
+            seen[_name].append(tau)
+            return _f(s, t, tau)
+        monkeypatch.setitem(L.DIVERGENCES, name, record)
+    cfg = resolve_config("adversarial", overrides={**FAST, "iterations": 2, "kd_tau": 4.0, "tau": 1.0,
+                                                   "s_time_ratio": 0.0, "s_steps": 2})
+    distill(load_model(demo), cfg, tmp_path / "run")
+    assert seen["kl"] and set(seen["kl"]) == {4.0}
+    assert seen["kl_masked"] and set(seen["kl_masked"]) == {1.0}
+    with pytest.raises(UsageError, match="kd_tau"):
+        resolve_config("adversarial", overrides={"iterations": 1, "kd_tau": 0.0})
+
+
 def test_bn_weight_dropped_for_teacher_without_bn(tmp_path, demo):
     cfg = resolve_config("dfq", overrides={**FAST, "iterations": 1, "g_jitter": 0.1})
     distill(load_model(demo), cfg, tmp_path / "run")
@@ -494,18 +513,18 @@ def test_batch_shrinks_until_the_wanted_generator_steps_fit_the_budget(tmp_path,
 
 
 def test_the_batch_for_an_iteration_time_follows_an_affine_cost():
-    """batch_for: through (batch, seconds) and (full batch, seconds) as a + c x batch; proportional where
+    """batch_for_seconds: through (batch, seconds) and (full batch, seconds) as a + c x batch; proportional where
     the two points give no positive a and c; multiples of 8 within least..full."""
-    from edgekd.distill.schedule import batch_for
+    from edgekd.distill.schedule import batch_for_seconds
 
     # round 26's photo10 numbers: 96 images 1.76 s, 256 images 3.72 s -> a = 0.58 s, c = 0.01225 s/image
-    assert batch_for(1.5, 96, 1.76, 256, 3.72, 64) == 72  # proportional would say 80
-    assert batch_for(1.76, 96, 1.76, 256, 3.72, 64) == 96
-    assert batch_for(0.4, 96, 1.76, 256, 3.72, 64) == 64  # under the fixed cost: the floor
-    assert batch_for(1.5, 96, 1.76, 256, 3.72, 96) == 96  # a higher floor holds
-    assert batch_for(10.0, 96, 1.76, 256, 3.72, 64) == 256  # never past the asked batch
-    assert batch_for(1.5, 256, 3.0, 256, 3.0, 64) == 128  # one point: proportional
-    assert batch_for(1.5, 96, 1.0, 256, 0.9, 64) == 144  # the full batch no slower (noise): proportional
+    assert batch_for_seconds(1.5, 96, 1.76, 256, 3.72, 64) == 72  # proportional would say 80
+    assert batch_for_seconds(1.76, 96, 1.76, 256, 3.72, 64) == 96
+    assert batch_for_seconds(0.4, 96, 1.76, 256, 3.72, 64) == 64  # under the fixed cost: the floor
+    assert batch_for_seconds(1.5, 96, 1.76, 256, 3.72, 96) == 96  # a higher floor holds
+    assert batch_for_seconds(10.0, 96, 1.76, 256, 3.72, 64) == 256  # never past the asked batch
+    assert batch_for_seconds(1.5, 256, 3.0, 256, 3.0, 64) == 128  # one point: proportional
+    assert batch_for_seconds(1.5, 96, 1.0, 256, 0.9, 64) == 144  # the full batch no slower (noise): proportional
 
 
 def test_the_batch_is_fitted_again_from_the_iterations_as_they_ran(tmp_path, demo, monkeypatch):

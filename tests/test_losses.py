@@ -70,6 +70,17 @@ def test_l1_logits():
     assert L.l1_logits_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])).item() == 1.5
 
 
+def test_mse_logits_sees_every_logit():
+    s, t = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])
+    assert L.mse_logits_loss(s, t).item() == 2.5  # (1 + 4) / 2
+    assert L.DIVERGENCES["mse"] is L.mse_logits_loss
+    # two teachers sure of class 0 alike at tau 1, apart in the other logits: KL barely tells them, mse does
+    sure, sure_other = torch.tensor([[12.0, 0.0, 0.0]]), torch.tensor([[12.0, 6.0, -6.0]])
+    student = torch.tensor([[12.0, 0.0, 0.0]])
+    assert L.kl_loss(student, sure_other).item() < 0.02 < L.mse_logits_loss(student, sure_other).item()
+    assert L.mse_logits_loss(student, sure).item() == 0.0
+
+
 def test_masked_kl_only_counts_agreeing_samples():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     t = torch.tensor([[2.0, 0.0], [2.0, 0.0]])  # sample 0 agrees, sample 1 does not

@@ -80,7 +80,8 @@ class DistillConfig:
     # bn_mmt x an average of the batches before (Fast-Datafree / NAYER's bn_mmt): small batches' noise averaged
     bn_mmt: float = 0.0
     kd_loss: str = "kl"
-    tau: float = 1.0
+    tau: float = 1.0  # temperature of the adversarial term and the discriminator's softmax
+    kd_tau: float = 1.0  # temperature of the student's own distillation term (kd_loss kl / kl_masked)
     synthesizer: str = "generator"  # generator: one G | meta: Fast-Datafree's | inversion: DeepInversion's pixels | nayer
     lr_z: float = 0.015  # meta: learning rate of the per-batch latents
     g_life: int = 0  # nayer: the generator is re-initialised every g_life iterations (0: never)
@@ -169,6 +170,8 @@ class DistillConfig:
             raise UsageError("eval_share must be in [0, 1]")
         if not 0 <= self.ema_decay < 1:
             raise UsageError("ema_decay must be in [0, 1)")
+        if not (self.tau > 0 and self.kd_tau > 0):
+            raise UsageError("tau and kd_tau must be > 0 (temperatures; 1 is plain softmax)")
         if not self.cr_tau > 0:
             raise UsageError("cr_tau must be > 0 (the contrastive term's temperature; CMI's 0.1)")
         if not 0 <= self.bn_mmt < 1:

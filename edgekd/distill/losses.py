@@ -119,6 +119,13 @@ def l1_logits_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 
     return (s_logits.float() - t_logits.float()).abs().mean()
 
 
+def mse_logits_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Mean squared difference of logits (tau unused): all of the teacher's logits, where KL at tau 1 sees
+    little beyond the top class of an image the teacher is sure of (Kim et al., IJCAI 2021: logit matching
+    is KL's limit as tau grows)."""
+    return (s_logits.float() - t_logits.float()).pow(2).mean()
+
+
 def masked_kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """KL on the samples where student and teacher agree (m = 1[argmax S = argmax T]), averaged
     over the whole batch. The generator then seeks hard samples only near the decision boundary
@@ -128,7 +135,8 @@ def masked_kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float = 
 
 
 Divergence = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-DIVERGENCES: Dict[str, Divergence] = {"kl": kl_loss, "l1": l1_logits_loss, "kl_masked": masked_kl_loss}
+DIVERGENCES: Dict[str, Divergence] = {"kl": kl_loss, "l1": l1_logits_loss, "mse": mse_logits_loss,
+                                      "kl_masked": masked_kl_loss}
 
 
 def adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, divergence: str, tau: float = 1.0) -> torch.Tensor:

@@ -103,8 +103,8 @@ def choose_batch(d: Distiller, key: str, iteration_seconds: float, crowded: bool
                     "--batch-size fixes it"))
 
 
-def batch_for(seconds: float, batch: int, batch_seconds: float, full: int, full_seconds: float,
-              least: int) -> int:
+def batch_for_seconds(seconds: float, batch: int, batch_seconds: float, full: int, full_seconds: float,
+                      least: int) -> int:
     """The batch whose iteration takes `seconds`, from two observed points: `batch_seconds` at `batch`,
     `full_seconds` at `full` (the largest batch allowed). The cost is a + c x batch: per-layer dispatch,
     the optimisers and the hooks do not shrink with the batch, so on photo10 96 images took 1.76 s an
@@ -137,7 +137,7 @@ def refit_batch(d: Distiller) -> None:
     took = (d.elapsed - fit["elapsed"]) / ran
     want = (cfg.time_budget - d.elapsed) / max(cfg.budget_g_steps - d.step, 1)
     old = d.batch
-    d.batch = int(d.world.from_main(batch_for(want, old, took, cfg.batch_size, fit["full_seconds"], cfg.min_batch)))
+    d.batch = int(d.world.from_main(batch_for_seconds(want, old, took, cfg.batch_size, fit["full_seconds"], cfg.min_batch)))
     share = getattr(d, "batch_fit_share", None)  # none after a resume: its window's share is unknown
     remember(fit["key"], d.batch, crowded=share is None or share.crowded())
     d._event(f"step {d.step + 1}: batch {d.batch} from here (was {old}): {ran} iterations took {took:.2f}s each, "

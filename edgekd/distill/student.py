@@ -64,7 +64,7 @@ def student_step(d: Distiller, first: bool) -> Dict[str, torch.Tensor]:
             m.teacher(d._fmt(x, "teacher"))  # AT needs the teacher's feature maps of this very batch
     with d.plans["student"].autocast():
         s_logits = m.student(d._fmt(x, "student"))
-    terms = {"kd": L.DIVERGENCES[cfg.kd_loss](s_logits, t_logits, cfg.tau)}
+    terms = {"kd": L.DIVERGENCES[cfg.kd_loss](s_logits, t_logits, cfg.kd_tau)}
     if d.at_t is not None:
         d.at_t.enabled = d.at_s.enabled = False
         terms["at"] = L.attention_transfer_loss(d.at_s.pop(), d.at_t.pop())
