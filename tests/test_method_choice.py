@@ -44,7 +44,7 @@ def test_auto_picks_by_what_the_teacher_is(tmp_path):
         assert getattr(cfg, key) == value, key
 
 
-def test_auto_choice_is_recorded_and_a_named_method_clears_it(tmp_path):
+def test_auto_choice_is_recorded_and_a_named_method_clears_it(tmp_path, monkeypatch):
     t = _teacher(tmp_path)
     cfg = resolve_config("auto", overrides={**FAST, "iterations": 1, "student": "resnet18-cifar", "s_steps": 1}, teacher=t)
     distill(t, cfg, tmp_path / "run")
@@ -61,6 +61,14 @@ def test_auto_choice_is_recorded_and_a_named_method_clears_it(tmp_path):
     assert (again.method, again.method_choice) == (cfg.method, cfg.method_choice)
     named = resolve_config("auto", file_values=saved, overrides={"method": "dafl"}, teacher=t)
     assert named.method == "dafl" and named.method_choice == ""
+    # a run saved before a setting existed resumes at that setting's default, not at a preset's value for it
+    config.pop("kd_tau"), config.pop("min_batch")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "no_such_setting": 1}))
+    older = run_settings(tmp_path / "run")
+    assert older["kd_tau"] == 1.0 and older["min_batch"] == 64 and "no_such_setting" not in older
+    monkeypatch.setitem(PRESETS[cfg.method], "kd_tau", 4.0)
+    assert resolve_config("auto", file_values=older, teacher=t).kd_tau == 1.0
+    assert resolve_config("auto", file_values=saved, teacher=t).kd_tau == 1.0
 
 
 def test_a_batchnorm_student_learns_at_the_presets_bn_rate_unless_the_user_names_one(tmp_path):
