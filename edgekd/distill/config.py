@@ -91,7 +91,8 @@ class DistillConfig:
     s_time_ratio: float = 0.0  # > 0: after two iterations, s_steps = this x (G step time / S step time), capped
     budget_g_steps: int = 0  # > 0, with a time budget: the batch shrinks (to min_batch at least) until this many G
     # steps fit by the timed iteration's cost (evaluation comes on top: runs make 70-115% of it)
-    min_batch: int = 64  # the least budget_g_steps shrinks a batch to (32 lost 5 points to 64 on photo10, round 14)
+    min_batch: int = 64  # the least budget_g_steps shrinks a batch to (32 lost 5 points to 64 on photo10, round 14;
+    # 96 lost 0.7 to 64 on the README case capped to AVX2, round 28)
     batch_refit: bool = False  # fit the batch again a tenth into the budget from the iterations as they ran
     # (schedule.refit_batch): runs then make ~90% of budget_g_steps, but at 400 the batches it chose (64-72)
     # lost to 96 on both photo10 pairs (TUNING.md round 26); with larger batches level / -0.9 (round 27): off
