@@ -1,5 +1,6 @@
 """--method auto, the class-conditional generator and DeepInversion's first-BN weight."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,8 +12,10 @@ from edgekd.distill import losses as L
 from edgekd.distill.config import resolve_config, run_settings
 from edgekd.distill.generator import Generator
 from edgekd.distill.loop import Distiller, distill, synthesize
+from edgekd.distill.persistence import check_resumable
 from edgekd.distill.presets import AUTO_RULES, PRESETS, choose_method, teacher_facts
 from edgekd.distill.synthesizers import balanced_labels, generator_step
+from edgekd.errors import UsageError
 from edgekd.models.checkpoint import LoadedModel, load_model
 from edgekd.models.registry import create_model
 from edgekd.spec import ModelSpec
@@ -69,6 +72,11 @@ def test_auto_choice_is_recorded_and_a_named_method_clears_it(tmp_path, monkeypa
     monkeypatch.setitem(PRESETS[cfg.method], "kd_tau", 4.0)
     assert resolve_config("auto", file_values=older, teacher=t).kd_tau == 1.0
     assert resolve_config("auto", file_values=saved, teacher=t).kd_tau == 1.0
+    # the checkpoint's check holds an API caller to the same: a newer setting resumes only at its default
+    older_ckpt = {k: v for k, v in cfg.to_dict().items() if k != "kd_tau"}
+    check_resumable(older_ckpt, cfg)
+    with pytest.raises(UsageError, match="kd_tau was 1.0 in this run, not 4.0"):
+        check_resumable(older_ckpt, dataclasses.replace(cfg, kd_tau=4.0))
 
 
 def test_a_batchnorm_student_learns_at_the_presets_bn_rate_unless_the_user_names_one(tmp_path):

@@ -254,12 +254,17 @@ def run_settings(run_dir: Path) -> Dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         raise UsageError(f"--resume: {path} is missing or unreadable; start a new run") from None
-    if not isinstance(data, dict):
-        return {}
-    # A setting newer than the run ran at its field's default (what the code did before the setting existed),
-    # not at whatever a preset gives it today (adversarial-bn's lr_s_bn, say): the run goes on as it started.
-    newer = {k: f.default for k, f in _FIELDS.items() if k not in data and f.default is not dataclasses.MISSING}
-    return {**newer, **{k: v for k, v in data.items() if k in _FIELDS}}
+    return settings_as_run(data) if isinstance(data, dict) else {}
+
+
+def settings_as_run(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """A run's saved settings, each setting newer than the run at its field's default.
+
+    The run ran with what the code did before the setting existed, its default, not whatever a preset gives it
+    today (adversarial-bn's lr_s_bn, say): --resume goes on as the run started, and checks a resume against it.
+    """
+    newer = {k: f.default for k, f in _FIELDS.items() if k not in saved and f.default is not dataclasses.MISSING}
+    return {**newer, **{k: v for k, v in saved.items() if k in _FIELDS}}
 
 
 def parse_duration(text: Optional[str]) -> Optional[float]:

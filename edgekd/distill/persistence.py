@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import torch
 
 from edgekd import __version__
+from edgekd.distill.config import settings_as_run
 from edgekd.distill.precision import DTYPES, ExecutionPlan
 from edgekd.errors import EdgekdError, UsageError
 from edgekd.fileio import atomic_path
@@ -95,8 +96,8 @@ def periodic_checkpoint(d: Distiller) -> None:
 
 
 def check_resumable(saved: Dict[str, Any], cfg: DistillConfig) -> None:
-    now = cfg.to_dict()
-    for key, value in now.items():
+    saved = settings_as_run(saved)  # a setting newer than the checkpoint must be at its default to resume
+    for key, value in cfg.to_dict().items():
         if key not in RESUME_MAY_CHANGE and saved.get(key, value) != value:
             raise UsageError(f"--resume: {key} was {saved[key]!r} in this run, not {value!r}: resume with the "
                              "run's settings (edgekd distill --resume reads them from its config.json)")
