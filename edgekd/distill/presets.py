@@ -7,7 +7,8 @@ Reference formulations (docs/method.md and the public DataFree benchmark):
 - zskt:  adversarial KL; student KL + 250 x attention transfer; 10 S steps per G step.
 - dfq:   adv 1, bn 1, oh 1, bal 20 (DataFree's unified weights); student KL.
 - adversarial (default, the paper's): masked KL adversarial term + BN statistics (only when the
-         teacher has BN) + oh + bal; student KL + FC discriminator; S steps per G step by their
+         teacher has BN) + oh + bal; student KL at temperature 4 (kd_tau; rounds 28-29) + FC
+         discriminator; S steps per G step by their
          measured cost (S time up to 2x G time, at most 20: the demo teacher's tuned 20 is 1.2x there;
          a MobileNetV2 student of a ResNet-34 gets 5, which reached 58.0% where 20 reached 45.5% in
          5 minutes, seed 0; benchmarks/TUNING.md round 5); EMA
@@ -58,7 +59,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                 lr_g=1e-3, lr_s=2e-3, s_optimizer="adam", replay_size=0, replay_fraction=0.0),
     # The student learns at kd_tau 4 (its KL on softened outputs; tau 1 stays the adversarial term's): the
     # generator makes images the teacher is sure of, and at 1 the student sees little beyond the top class.
-    # BN-free teachers, 10 minutes, 13 pairs side by side: demo +2.9 (4 of 5 ahead), Fashion-MNIST LeNet-5
+    # BN-free teachers, 10 minutes, 13 pairs side by side (+1.1, 9 ahead): demo +2.9 (4 of 5 ahead), Fashion-MNIST LeNet-5
     # TorchScript -0.1 (3 of 5), MNIST DAFL LeNet-5 +0.2 (at its ceiling, 2 of 3; TUNING.md rounds 28-29).
     # Not in adversarial-bn: on the BN teachers' MobileNetV2 students it was -0.6 / -0.6 and -5.8 / +5.3.
     "adversarial": dict(w_adv=1.0, w_bn=1.0, w_oh=1.0, w_bal=5.0, w_act=0.0, w_at=0.0, w_gan=0.1,
