@@ -60,6 +60,13 @@ TEACHERS: Dict[str, Teacher] = {
         "fmnist_examples_net.ts", "fashion-mnist", "lenet5-half",
         f"{TRAIN} --arch examples-mnist-net --data fashion-mnist:train --test fashion-mnist --size 28 "
         "--mean 0.286 --std 0.353 --epochs 2 --format torchscript", {"mean": (0.286,), "std": (0.353,)}),
+    # a BatchNorm network of the user's own layout, as TorchScript: no registered architecture to rebuild it
+    # as, so the BN prior reads its layers' inputs from the graph (edgekd/models/script_taps.py)
+    "fmnist-plainbn-ts": Teacher(
+        "fmnist_plainbn.ts", "fashion-mnist", "lenet5",
+        f"{TRAIN} --arch plain-bn-cnn --data fashion-mnist:train --test fashion-mnist --mean 0.286 --std 0.353 "
+        "--epochs 2 --format torchscript", {"mean": (0.286,), "std": (0.353,), "input_size": (32, 32)},
+        has_bn=True),
     "mnist-wrn16-2": Teacher(
         "mnist_wrn16-2.pt", "/tmp/teachers/mnist_holdout.npz", "lenet5",
         f"{TRAIN} --arch wrn16-2 --data mnist --holdout 1000 --channels 3 --epochs 8 --format state_dict "

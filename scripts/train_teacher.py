@@ -142,6 +142,27 @@ class ExamplesMnistNet(torch.nn.Module):
         return F.log_softmax(self.fc2(x), dim=1)
 
 
+class PlainBnCnn(torch.nn.Module):
+    """A conv-BN-ReLU stack of the kind users write themselves (not a registered architecture, so edgekd runs
+    its TorchScript as loaded): BatchNorm after each of six 3x3 convolutions, max-pooling after every
+    second, global average pooling and one linear layer."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        layers, c = [], in_channels
+        for i, width in enumerate((32, 32, 64, 64, 128, 128)):
+            layers += [torch.nn.Conv2d(c, width, 3, padding=1, bias=False), torch.nn.BatchNorm2d(width),
+                       torch.nn.ReLU(inplace=True)]
+            if i % 2:
+                layers.append(torch.nn.MaxPool2d(2))
+            c = width
+        self.body = torch.nn.Sequential(*layers)
+        self.classifier = torch.nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1))
+
+
 class NormalisedExport(torch.nn.Module):
     """A common export layout: [0, 1] images in, normalisation inside, (logits, probabilities) out."""
 
@@ -158,7 +179,7 @@ class NormalisedExport(torch.nn.Module):
 
 
 # Layouts of other code bases, trained here as their users would (not registered architectures).
-LAYOUTS = {"examples-mnist-net": ExamplesMnistNet}
+LAYOUTS = {"examples-mnist-net": ExamplesMnistNet, "plain-bn-cnn": PlainBnCnn}
 
 
 class DaflLeNet5(torch.nn.Module):

@@ -38,6 +38,7 @@ def test_inspect_demo_teacher(demo_teacher_path):
     assert info["input_shape"] == [1, 1, 32, 32] and info["classes"] == 10
     assert info["parameters"] > 50_000 and info["macs"] > 300_000
     assert info["provenance"]["test_accuracy"] > 0.85
+    assert info["method_auto"]["method"] == "adversarial" and "without BatchNorm" in info["method_auto"]["why"]
 
 
 def test_inspect_state_dict_with_input_size(tmp_path):

@@ -36,10 +36,16 @@ def test_auto_picks_by_what_the_teacher_is(tmp_path):
     scripted = LoadedModel(torch.jit.script(create_model("wrn16-2", 5, 3).eval()), bn.spec, "torchscript",
                            tmp_path / "s.pt", "1" * 64)
     facts = teacher_facts(scripted)
-    assert facts.compiled == "TorchScript" and not facts.batchnorm  # no hooks: no BN prior to plan on
-    choices = {name: choose_method(t) for name, t in (("bn", bn), ("plain", plain), ("scripted", scripted))}
+    assert facts.compiled == "TorchScript" and facts.batchnorm  # no hooks, but its graph gives the BN inputs
+    scripted_plain = LoadedModel(torch.jit.script(create_model("lenet5", 5, 1).eval()), plain.spec, "torchscript",
+                                 tmp_path / "p.pt", "2" * 64)
+    assert not teacher_facts(scripted_plain).batchnorm
+    choices = {name: choose_method(t) for name, t in (("bn", bn), ("plain", plain), ("scripted", scripted),
+                                                       ("scripted_plain", scripted_plain))}
     assert all(method in PRESETS and why for method, why in choices.values())
     assert "BatchNorm" in choices["bn"][1] and "TorchScript" in choices["scripted"][1]
+    assert choices["scripted"][0] == choices["bn"][0] != choices["scripted_plain"][0] == choices["plain"][0]
+    assert "logits alone" in choices["scripted_plain"][1]
     assert AUTO_RULES[-1][0](facts)  # the last rule matches anything: every teacher gets a preset
     cfg = resolve_config("auto", overrides={"iterations": 1}, teacher=bn)
     assert (cfg.method, cfg.method_choice) == choices["bn"]

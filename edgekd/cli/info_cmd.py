@@ -71,8 +71,10 @@ def inspect_cmd(
     resize: Optional[str] = RESIZE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Say what a checkpoint is: format, architecture, classes, input shape, parameters, MACs, grey or colour data."""
+    """Say what a checkpoint is: format, architecture, classes, input shape, parameters, MACs, grey or colour data,
+    and the preset distill's --method auto would run on it."""
     from edgekd.distill.grey import grey_setting
+    from edgekd.distill.presets import choose_method
     from edgekd.models.checkpoint import load_model
     from edgekd.models.info import count_macs, count_parameters
 
@@ -85,6 +87,7 @@ def inspect_cmd(
         "parameters": count_parameters(loaded.model), "macs": count_macs(loaded.model, spec.input_shape),
         "provenance": loaded.provenance,
         "data_colour": grey_setting(loaded)[1] or None,  # what distill's generator will make, and why
+        "method_auto": dict(zip(("method", "why"), choose_method(loaded))),  # what `distill` runs by default
         "notes": loaded.notes,  # what loading decided: keys renamed, a prefix dropped, a TorchScript rebuilt
     }
     if as_json:
@@ -99,6 +102,7 @@ def inspect_cmd(
     table.add_row("MACs", f"{info['macs']:,}")
     if info["data_colour"]:
         table.add_row("data colour", info["data_colour"])
+    table.add_row("distill --method auto", f"{info['method_auto']['method']}: {info['method_auto']['why']}")
     for note in info["notes"]:
         table.add_row("loading", note)
     table.add_row("sha256", info["sha256"][:16] + "...")

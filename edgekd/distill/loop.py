@@ -47,6 +47,7 @@ from edgekd.errors import EdgekdError, UsageError
 from edgekd.fileio import write_json
 from edgekd.models.checkpoint import LoadedModel, save_checkpoint
 from edgekd.models.registry import create_model, get_entry
+from edgekd.models.script_taps import tap_batchnorm
 from edgekd.progress import Progress
 from edgekd.rundir import RunDir
 from edgekd.spec import ModelSpec
@@ -159,6 +160,8 @@ class Distiller:
         t = teacher.model.to(dev).eval()
         for p in t.parameters():
             p.requires_grad_(False)
+        if cfg.w_bn:
+            t = self._tap_script_batchnorm(t)
         s = create_model(cfg.student, k, self.spec.in_channels).to(dev)
         _check_student_takes(s, cfg.student, self.spec)
         g = Generator(cfg.latent_dim, self.spec.input_shape, cfg.gen_width, cfg.gen_output,
@@ -244,6 +247,18 @@ class Distiller:
         self._pool_rng = torch.Generator().manual_seed(cfg.seed + 20_011)  # own stream: resume stays exact
         if self.world.rank:  # other batches on every other rank; rank 0 keeps the one-process stream
             torch.manual_seed(cfg.seed + 1_000_003 * self.world.rank)
+
+    def _tap_script_batchnorm(self, t: nn.Module) -> nn.Module:
+        """A TorchScript teacher that could not be rebuilt still gives the BN prior its layers' inputs, read from
+        its graph (script_taps.py), said in a note; where the graph cannot be read, teacher_fit says bn is off."""
+        if not isinstance(t, torch.jit.ScriptModule):
+            return t
+        tapped = tap_batchnorm(t, self.spec.input_shape)
+        if tapped is None:
+            return t
+        self.notes.append(f"TorchScript teacher: the inputs of its {tapped.layers} BatchNorm layers are read from its "
+                          "graph (outputs checked equal to the file's), for the BN prior")
+        return tapped
 
     def _hooks(self, t: nn.Module, s: nn.Module) -> None:
         cfg = self.cfg

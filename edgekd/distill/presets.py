@@ -133,7 +133,7 @@ DEFAULT_METHOD = AUTO  # what the CLI runs when --method is not given
 class TeacherFacts:
     """What the choice of preset looks at: known before any step runs."""
 
-    batchnorm: bool  # BN layers whose statistics forward hooks can read (an eager module)
+    batchnorm: bool  # BN layers whose inputs the BN prior can read: an eager module's, or a TorchScript graph's
     compiled: str  # "TorchScript" / "torch.export": a graph not rebuilt as a registered architecture, no hooks
 
 
@@ -141,19 +141,27 @@ def teacher_facts(teacher: LoadedModel) -> TeacherFacts:
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from edgekd.models.exported import compiled_kind
+    from edgekd.models.script_taps import tap_batchnorm
 
     compiled = compiled_kind(teacher.model) or ""
-    bn = not compiled and any(isinstance(m, _BatchNorm) for m in teacher.model.modules())
+    if compiled:
+        bn = tap_batchnorm(teacher.model, teacher.spec.input_shape) is not None
+    else:
+        bn = any(isinstance(m, _BatchNorm) for m in teacher.model.modules())
     return TeacherFacts(batchnorm=bn, compiled=compiled)
 
 
 # First rule that matches wins. Measured in benchmarks/TUNING.md (rounds named in each reason).
 AUTO_RULES: List[Tuple[Callable[[TeacherFacts], bool], str, str]] = [
-    (lambda f: f.batchnorm, "adversarial-bn",
+    (lambda f: f.batchnorm and not f.compiled, "adversarial-bn",
      "BatchNorm teacher: the adversarial preset with DeepInversion's BN prior (first layer x10, jitter) and "
      "the generator's output statistics fitted to it"),
+    (lambda f: f.batchnorm, "adversarial-bn",
+     "TorchScript teacher with BatchNorm layers, their inputs read from its graph: the adversarial preset with "
+     "DeepInversion's BN prior, as for an eager BatchNorm teacher"),
     (lambda f: bool(f.compiled), "adversarial",
-     "compiled teacher (TorchScript or torch.export) without hooks: the adversarial preset on logits alone"),
+     "compiled teacher (TorchScript or torch.export) without BatchNorm statistics to read: the adversarial "
+     "preset on logits alone"),
     (lambda f: True, "adversarial", "teacher without BatchNorm: the adversarial preset (no BN prior)"),
 ]
 

@@ -13,6 +13,7 @@ from edgekd.distill.grey import channel_means
 from edgekd.distill.hooks import has_batchnorm
 from edgekd.distill.synthesizers import IMAGE_TERMS, SYNTHESIZERS
 from edgekd.models.exported import compiled_kind
+from edgekd.models.script_taps import TappedScript
 
 if TYPE_CHECKING:
     from edgekd.distill.loop import Distiller
@@ -33,9 +34,14 @@ def fit_config_to_teacher(d: Distiller, t: nn.Module) -> None:
                        f"({cfg.method}): set to 0")
         cfg.bn_mmt = 0.0
     compiled = compiled_kind(t)
-    if compiled and (cfg.w_bn or cfg.w_act or cfg.w_div or cfg.w_at or cfg.w_cr):
-        d.notes.append(f"{compiled} teacher: forward hooks unavailable, so bn/act/div/at/cr weights are 0")
-        cfg.w_bn = cfg.w_act = cfg.w_div = cfg.w_at = cfg.w_cr = 0.0
+    # A TorchScript graph whose BatchNorm inputs are read (TappedScript) keeps the BN prior; nothing else
+    # reaches inside a compiled teacher.
+    unread = [k for k in ("bn", "act", "div", "at", "cr") if getattr(cfg, f"w_{k}")
+              and not (k == "bn" and isinstance(t, TappedScript))]
+    if compiled and unread:
+        d.notes.append(f"{compiled} teacher: forward hooks unavailable, so {'/'.join(unread)} weights are 0")
+        for k in unread:
+            setattr(cfg, f"w_{k}", 0.0)
     if cfg.w_bn and not has_batchnorm(t):
         d.notes.append("teacher has no BatchNorm: bn weight set to 0")
         cfg.w_bn = 0.0

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from edgekd.errors import InputFileError
+from edgekd.models.script_taps import TappedScript
 
 _CONFIGS = ("data/weights/", "data/constants/")
 _SAMPLES = "data/sample_inputs/"
@@ -151,8 +152,8 @@ def _fixed_batch(program: torch.export.ExportedProgram) -> Optional[int]:
 def compiled_kind(model: nn.Module) -> Optional[str]:
     """"TorchScript" or "torch.export" for a teacher kept as its file's compiled graph (no forward hooks,
     so no BatchNorm statistics or features to read), None for an eager module."""
-    if isinstance(model, torch.jit.ScriptModule):
-        return "TorchScript"
+    if isinstance(model, (torch.jit.ScriptModule, TappedScript)):
+        return "TorchScript"  # as loaded, or run through a copy of its graph (script_taps.TappedScript)
     if any(isinstance(m, ExportedTeacher) for m in model.modules()):
         return "torch.export"
     return None
