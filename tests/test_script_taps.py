@@ -58,9 +58,12 @@ def _own_layout() -> nn.Module:
     return net.eval()
 
 
-def test_the_graph_hands_over_what_hooks_on_the_eager_network_see():
+@pytest.mark.parametrize("compile", ["script", "trace"])
+def test_the_graph_hands_over_what_hooks_on_the_eager_network_see(compile):
     eager = _own_layout()
-    tapped = tap_batchnorm(torch.jit.script(_own_layout()), (3, 16, 16))
+    compiled = (torch.jit.script(_own_layout()) if compile == "script"
+                else torch.jit.trace(_own_layout(), torch.randn(2, 3, 16, 16)))
+    tapped = tap_batchnorm(compiled, (3, 16, 16))
     # the two BatchNorm2d: the head's BatchNorm1d has no image statistics, and the eager hooks leave it out too
     assert isinstance(tapped, TappedScript) and tapped.layers == 2
     hooks = [BNStatsHook(eager), BNStatsHook(tapped)]
@@ -83,6 +86,8 @@ def test_the_graph_hands_over_what_hooks_on_the_eager_network_see():
 def test_bn_the_graph_hides_leaves_the_teacher_as_it_was():
     assert tap_batchnorm(torch.jit.script(_BnInABranch().eval()), (3, 16, 16)) is None
     assert tap_batchnorm(_own_layout(), (3, 16, 16)) is None  # an eager module has hooks: nothing to tap
+    # torch.jit.freeze folds each BatchNorm into its convolution: no statistics left to read
+    assert tap_batchnorm(torch.jit.freeze(torch.jit.script(_own_layout())), (3, 16, 16)) is None
 
 
 def test_a_torchscript_bn_teacher_of_its_own_layout_distils_with_its_bn_prior_and_resumes_exactly(tmp_path):
