@@ -270,8 +270,13 @@ def _plot(groups: Dict[tuple, List[Dict[str, Any]]]) -> None:
 
     teachers = sorted({k[0] for k in groups})
     colours = sorted({(k[1], k[3]) for k in groups})  # one colour per method and CPU kind
-    fig, axes = plt.subplots(1, len(teachers), figsize=(4.2 * len(teachers), 3.6), squeeze=False)
-    for ax, teacher in zip(axes[0], teachers):
+    # A grid of three panels a row: one row of ten was too wide to read.
+    cols = min(3, len(teachers))
+    rows_n = -(-len(teachers) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6.0 * cols, 4.8 * rows_n), squeeze=False)
+    for ax in axes.flat[len(teachers):]:
+        ax.set_visible(False)
+    for ax, teacher in zip(axes.flat, teachers):
         for (t, method, budget, cpu), rs in sorted(groups.items()):
             if t != teacher:
                 continue
@@ -287,7 +292,8 @@ def _plot(groups: Dict[tuple, List[Dict[str, Any]]]) -> None:
         ax.set_xlabel("seconds of distillation")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=6, loc="lower right")
-    axes[0][0].set_ylabel("student accuracy (real images)")
+    for row in axes:
+        row[0].set_ylabel("student accuracy (real images)")
     fig.tight_layout()
     fig.savefig(RESULTS / "time-to-accuracy.png", dpi=100)
 
