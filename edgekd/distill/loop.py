@@ -251,9 +251,7 @@ class Distiller:
     def _tap_script_batchnorm(self, t: nn.Module) -> nn.Module:
         """A TorchScript teacher that could not be rebuilt still gives the BN prior its layers' inputs, read from
         its graph (script_taps.py), said in a note; where the graph cannot be read, teacher_fit says bn is off."""
-        if not isinstance(t, torch.jit.ScriptModule):
-            return t
-        tapped = tap_batchnorm(t, self.spec.input_shape)
+        tapped = tap_batchnorm(t, self.spec.input_shape)  # None for an eager module: it has hooks
         if tapped is None:
             return t
         self.notes.append(f"TorchScript teacher: the inputs of its {tapped.layers} BatchNorm layers are read from its "

@@ -138,8 +138,7 @@ class TeacherFacts:
 
 
 def teacher_facts(teacher: LoadedModel) -> TeacherFacts:
-    from torch.nn.modules.batchnorm import _BatchNorm
-
+    from edgekd.distill.hooks import has_batchnorm
     from edgekd.models.exported import compiled_kind
     from edgekd.models.script_taps import tap_batchnorm
 
@@ -147,7 +146,7 @@ def teacher_facts(teacher: LoadedModel) -> TeacherFacts:
     if compiled:
         bn = tap_batchnorm(teacher.model, teacher.spec.input_shape) is not None
     else:
-        bn = any(isinstance(m, _BatchNorm) for m in teacher.model.modules())
+        bn = has_batchnorm(teacher.model)
     return TeacherFacts(batchnorm=bn, compiled=compiled)
 
 
